@@ -1,0 +1,41 @@
+# brainseg: the README's two commands are `make demo` and `make test`; both install everything first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.brainseg-installed
+EXT_SOURCES := $(shell find brainseg/layers/csrc -type f 2>/dev/null)
+DETECTRON2_WHEEL := sal-detectron2==0.7.2
+PYTEST_ARGS ?=
+DEMO_OUT ?= output/demo_unext
+
+.PHONY: install demo test clean-venv
+
+install: $(STAMP)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# Dependencies, detectron2 (kept if it already imports) and brainseg in editable mode.
+$(STAMP): $(VPY) requirements.txt setup.py $(EXT_SOURCES)
+	$(VPY) -m pip install -q -r requirements.txt
+	@if $(VPY) -c "import detectron2" 2>/dev/null; then \
+		echo "detectron2 already importable: keeping it"; \
+	else \
+		tmp=$$(mktemp -d) && \
+		$(VPY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 \
+			-d $$tmp $(DETECTRON2_WHEEL) && \
+		$(VPY) -m installer $$tmp/*.whl && rm -rf $$tmp; \
+	fi
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(VPY) -c "import detectron2, brainseg; print('brainseg installed with detectron2', detectron2.__version__)"
+	@touch $(STAMP)
+
+test: install
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: install
+	$(VPY) tools/demo.py --output-dir $(DEMO_OUT)
+
+clean-venv:
+	rm -rf $(VENV)

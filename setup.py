@@ -1,0 +1,123 @@
+"""Build and install brainseg, with its C++/CUDA extension ``brainseg._C``.
+
+The extension holds the multi-scale deformable attention kernels
+(``brainseg/layers/csrc``). The CPU kernels are always built. The CUDA kernels are
+built when a CUDA toolkit is found (``CUDA_HOME``/``CUDA_PATH``, ``nvcc`` on ``PATH`` or
+``/usr/local/cuda``) and torch itself is a CUDA build, or when ``FORCE_CUDA=1``.
+``TORCH_CUDA_ARCH_LIST`` is honoured by torch's cpp_extension. ``BRAINSEG_NO_EXT=1``
+installs the pure-Python package only (the ops then fall back to PyTorch).
+"""
+import glob
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "brainseg" / "layers" / "csrc"
+
+
+def find_cuda_home() -> Optional[str]:
+    """Locate a CUDA toolkit: env vars first, then ``nvcc`` on PATH, then /usr/local/cuda."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        path = os.environ.get(var)
+        if path and Path(path, "bin", "nvcc").exists():
+            return path
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return str(Path(nvcc).resolve().parent.parent)
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        return "/usr/local/cuda"
+    return None
+
+
+def nvidia_pip_include_dirs() -> List[str]:
+    """Header dirs shipped by NVIDIA's pip wheels (cusparse.h etc. for torch's CUDA headers)."""
+    dirs = []
+    for site in sys.path:
+        for pattern in ("nvidia/cu*/include", "nvidia/*/include"):
+            dirs.extend(sorted(glob.glob(os.path.join(site, pattern))))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def get_extensions() -> list:
+    """Return the extension modules to build (empty when there are no sources)."""
+    if os.environ.get("BRAINSEG_NO_EXT") == "1":
+        return []
+    sources = sorted(glob.glob(str(CSRC / "**" / "*.cpp"), recursive=True))
+    if not sources:
+        return []
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    cuda_sources = sorted(glob.glob(str(CSRC / "**" / "*.cu"), recursive=True))
+    cuda_home = find_cuda_home()
+    force_cuda = os.environ.get("FORCE_CUDA") == "1"
+    use_cuda = bool(cuda_sources) and (force_cuda or (cuda_home and torch.version.cuda))
+
+    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    if sys.platform.startswith("linux"):
+        extra_compile_args["cxx"].append("-fopenmp")
+    define_macros = []
+    include_dirs = [str(CSRC)]
+    rel = lambda paths: [os.path.relpath(p, ROOT) for p in paths]  # noqa: E731
+    if use_cuda:
+        if cuda_home:
+            os.environ["CUDA_HOME"] = cuda_home
+            import torch.utils.cpp_extension as cpp_ext
+
+            cpp_ext.CUDA_HOME = cuda_home
+        include_dirs += nvidia_pip_include_dirs()
+        define_macros.append(("WITH_CUDA", None))
+        extra_compile_args["nvcc"] = [
+            "-O3",
+            "-std=c++17",
+            "-D__CUDA_NO_HALF_OPERATORS__",
+            "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_HALF2_OPERATORS__",
+        ]
+        return [
+            CUDAExtension(
+                "brainseg._C",
+                rel(sources + cuda_sources),
+                include_dirs=include_dirs,
+                define_macros=define_macros,
+                extra_compile_args=extra_compile_args,
+                extra_link_args=["-fopenmp"] if sys.platform.startswith("linux") else [],
+            )
+        ]
+    return [
+        CppExtension(
+            "brainseg._C",
+            rel(sources),
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": extra_compile_args["cxx"]},
+            extra_link_args=["-fopenmp"] if sys.platform.startswith("linux") else [],
+        )
+    ]
+
+
+def get_cmdclass() -> dict:
+    """Use torch's BuildExtension (ninja) when there is something to build."""
+    if not get_extensions():
+        return {}
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="brainseg",
+    version="0.1.0",
+    description="Detectron2-based brain-tumour segmentation toolkit for LGG MRI",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=("tests", "configs", "tools", "projects", "datasets")),
+    package_data={"brainseg": ["layers/csrc/**/*"]},
+    ext_modules=get_extensions(),
+    cmdclass=get_cmdclass(),
+    zip_safe=False,
+)

@@ -1,0 +1,155 @@
+"""Dataset mapper for LGG slices: read, augment image and mask together, build targets."""
+import copy
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances
+
+from .instances import annotations_to_mask, connected_components
+from .io import read_lgg_image, read_lgg_mask
+
+__all__ = ["LGGDatasetMapper", "build_lgg_augmentations", "mask_to_instances", "Rot90Transform", "RandomRot90"]
+
+
+class Rot90Transform(T.Transform):
+    """Rotate by ``k`` quarter turns counter-clockwise (exact, no interpolation)."""
+
+    def __init__(self, k: int, height: int, width: int):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.rot90(img, self.k, axes=(0, 1)))
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return self.apply_image(segmentation)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        """Rotate (x, y) points of an image of the original size, as np.rot90 moves pixels."""
+        coords = np.asarray(coords, dtype=np.float64).copy()
+        h, w = self.height, self.width
+        for _ in range(self.k % 4):
+            x, y = coords[:, 0].copy(), coords[:, 1].copy()
+            coords[:, 0], coords[:, 1] = y, w - x
+            h, w = w, h
+        return coords
+
+    def inverse(self) -> T.Transform:
+        k = self.k % 4
+        h, w = (self.width, self.height) if k % 2 else (self.height, self.width)
+        return Rot90Transform((4 - k) % 4, h, w)
+
+
+class RandomRot90(T.Augmentation):
+    """Apply a random multiple of 90 degrees (0, 90, 180 or 270) with probability ``prob``."""
+
+    def __init__(self, prob: float = 0.5):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        if self._rand_range() >= self.prob:
+            return T.NoOpTransform()
+        k = int(np.random.randint(1, 4))
+        return Rot90Transform(k, image.shape[0], image.shape[1])
+
+
+def build_lgg_augmentations(
+    *,
+    horizontal_flip: bool = True,
+    vertical_flip: bool = True,
+    rot90_prob: float = 0.5,
+    rotation_degrees: float = 15.0,
+    brightness: Tuple[float, float] = (0.9, 1.1),
+    contrast: Tuple[float, float] = (0.9, 1.1),
+) -> List[T.Augmentation]:
+    """The training augmentations for LGG slices (all detectron2 transforms).
+
+    Geometric transforms move image and mask together (the mask with nearest-neighbour
+    interpolation); photometric ones touch only the image.
+
+    Args:
+        horizontal_flip, vertical_flip: random flips with probability 0.5.
+        rot90_prob: probability of a random quarter-turn rotation (0 disables).
+        rotation_degrees: small-angle rotation range (+/-), 0 disables.
+        brightness, contrast: intensity factor ranges, (1, 1) disables.
+
+    Returns:
+        list of detectron2 Augmentations.
+    """
+    augs: List[T.Augmentation] = []
+    if horizontal_flip:
+        augs.append(T.RandomFlip(prob=0.5, horizontal=True, vertical=False))
+    if vertical_flip:
+        augs.append(T.RandomFlip(prob=0.5, horizontal=False, vertical=True))
+    if rot90_prob > 0:
+        augs.append(RandomRot90(prob=rot90_prob))
+    if rotation_degrees > 0:
+        augs.append(T.RandomRotation([-rotation_degrees, rotation_degrees], expand=False))
+    if tuple(brightness) != (1.0, 1.0):
+        augs.append(T.RandomBrightness(*brightness))
+    if tuple(contrast) != (1.0, 1.0):
+        augs.append(T.RandomContrast(*contrast))
+    return augs
+
+
+class LGGDatasetMapper:
+    """Turn an LGG dataset dict into model inputs.
+
+    Output fields (besides the record's own): ``image`` uint8 tensor (3, H, W) in file channel
+    order, ``sem_seg`` int64 tensor (H, W) with values {0, 1}, and in training ``instances``
+    (``gt_boxes``, ``gt_classes``, ``gt_masks`` as BitMasks), one per connected component of
+    the (augmented) mask.
+    """
+
+    def __init__(self, *, is_train: bool, augmentations: Optional[Sequence[T.Augmentation]] = None):
+        """
+        Args:
+            is_train: training mode (apply augmentations, build ``instances``).
+            augmentations: detectron2 augmentations applied in training; default
+                :func:`build_lgg_augmentations`.
+        """
+        self.is_train = is_train
+        if augmentations is None:
+            augmentations = build_lgg_augmentations() if is_train else []
+        self.augmentations = T.AugmentationList(list(augmentations))
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        record = copy.copy(dataset_dict)
+        image = read_lgg_image(record["file_name"])
+        height, width = image.shape[:2]
+        if "sem_seg_file_name" in record:
+            mask = read_lgg_mask(record["sem_seg_file_name"], expected_shape=(height, width))
+        else:
+            mask = annotations_to_mask(record.get("annotations", []), height, width)
+        if self.is_train:
+            aug_input = T.AugInput(image, sem_seg=mask)
+            self.augmentations(aug_input)
+            image, mask = aug_input.image, aug_input.sem_seg
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
+        record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        record["sem_seg"] = torch.from_numpy(mask.astype(np.int64))
+        record.pop("annotations", None)
+        if self.is_train:
+            record["instances"] = mask_to_instances(mask)
+        return record
+
+
+def mask_to_instances(mask: np.ndarray) -> Instances:
+    """detectron2 Instances of a binary mask, one per connected component (possibly none).
+
+    Returns:
+        Instances with ``gt_masks`` (BitMasks), ``gt_boxes`` (XYXY, from the masks) and
+        ``gt_classes`` (all 0, "tumor").
+    """
+    height, width = mask.shape
+    components = connected_components(mask)
+    stacked = np.stack(components) if components else np.zeros((0, height, width), np.uint8)
+    masks = BitMasks(torch.from_numpy(stacked).bool())
+    instances = Instances((height, width))
+    instances.gt_masks = masks
+    instances.gt_boxes = masks.get_bounding_boxes()
+    instances.gt_classes = torch.zeros(len(components), dtype=torch.int64)
+    return instances

@@ -1,0 +1,87 @@
+"""LGG slices -> detectron2 dataset dicts (one record per slice, instances per component)."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Union
+
+from .instances import mask_to_annotations
+from .io import read_lgg_image, read_lgg_mask
+from .lgg import LGGSlice, discover_lgg
+from .split import split_patients
+
+__all__ = ["load_lgg_records", "patient_splits", "slice_record"]
+
+
+def slice_record(item: LGGSlice, image_id: int, *, polygons: bool = False) -> dict:
+    """Read and validate one slice and build its dataset dict.
+
+    Args:
+        item: the slice's paths and position.
+        image_id: id of the slice, unique within the dataset.
+        polygons: store instance segmentations as polygons instead of compressed RLE.
+
+    Returns:
+        dict: detectron2 dataset dict with ``file_name``, ``sem_seg_file_name``, ``height``,
+        ``width``, ``image_id``, ``patient_id``, ``slice_index`` and ``annotations``.
+    """
+    image = read_lgg_image(item.image_path)
+    height, width = image.shape[:2]
+    mask = read_lgg_mask(item.mask_path, expected_shape=(height, width))
+    return {
+        "file_name": item.image_path,
+        "sem_seg_file_name": item.mask_path,
+        "height": height,
+        "width": width,
+        "image_id": image_id,
+        "patient_id": item.patient_id,
+        "slice_index": item.slice_index,
+        "annotations": mask_to_annotations(mask, polygons=polygons),
+    }
+
+
+def load_lgg_records(
+    root: Union[str, os.PathLike],
+    split: Optional[str] = None,
+    *,
+    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    polygons: bool = False,
+    num_threads: Optional[int] = None,
+) -> List[dict]:
+    """Discover an LGG dataset and return the dataset dicts of one split (or all slices).
+
+    Image ids number all slices of the dataset in (patient, slice) order, independently of the
+    split, so they agree with the COCO files written by the converter.
+
+    Args:
+        root: dataset root (see :func:`brainseg.data.lgg.find_kaggle_root`).
+        split: "train", "val", "test", or None for every slice.
+        ratios, seed: the patient split (see :func:`brainseg.data.split.split_patients`).
+        polygons: polygons instead of RLE in the annotations.
+        num_threads: decoding threads (PIL releases the GIL); default: the CPU count.
+
+    Returns:
+        list[dict]: records sorted by patient and slice index.
+    """
+    _, patients = discover_lgg(root)
+    keep = None
+    if split is not None:
+        splits = split_patients([p.patient_id for p in patients], ratios=ratios, seed=seed)
+        if split not in splits:
+            raise ValueError(f"unknown split '{split}'; expected one of {sorted(splits)}")
+        keep = set(splits[split])
+    jobs = []
+    image_id = 0
+    for patient in patients:
+        for item in patient.slices:
+            if keep is None or patient.patient_id in keep:
+                jobs.append((item, image_id))
+            image_id += 1
+    workers = num_threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda job: slice_record(job[0], job[1], polygons=polygons), jobs))
+
+
+def patient_splits(root: Union[str, os.PathLike], *, ratios: Sequence[float], seed: int) -> Dict[str, list]:
+    """The patient ids of each split of the dataset at ``root``."""
+    _, patients = discover_lgg(root)
+    return split_patients([p.patient_id for p in patients], ratios=ratios, seed=seed)

@@ -1,11 +1,21 @@
 """Build and install brainseg, with its C++/CUDA extension ``brainseg._C``.
 
 The extension holds the multi-scale deformable attention kernels
-(``brainseg/layers/csrc``). The CPU kernels are always built. The CUDA kernels are
-built when a CUDA toolkit is found (``CUDA_HOME``/``CUDA_PATH``, ``nvcc`` on ``PATH`` or
-``/usr/local/cuda``) and torch itself is a CUDA build, or when ``FORCE_CUDA=1``.
-``TORCH_CUDA_ARCH_LIST`` is honoured by torch's cpp_extension. ``BRAINSEG_NO_EXT=1``
-installs the pure-Python package only (the ops then fall back to PyTorch).
+(``brainseg/layers/csrc``):
+
+* The C++ CPU kernels are always built (a few seconds on 2 cores).
+* The CUDA kernels are built only when ``FORCE_CUDA=1`` is set, or when torch is a
+  CUDA build *and* a GPU is visible (``torch.cuda.is_available()``), and a CUDA toolkit
+  is found (``CUDA_HOME``/``CUDA_PATH``, ``nvcc`` on ``PATH`` or ``/usr/local/cuda``).
+  A toolkit alone is not enough: CPU-only machines with nvcc installed keep the quick
+  CPU build, and ``tools/check_cuda_build.py`` proves the CUDA sources compile.
+  ``TORCH_CUDA_ARCH_LIST`` is honoured by torch's cpp_extension; the nvidia pip
+  wheels' ``include`` dirs (cusparse.h etc. needed by torch's CUDA headers) are added.
+* ``BRAINSEG_NO_EXT=1`` installs the pure-Python package only (the ops then fall back
+  to PyTorch with a warning).
+
+Usage: ``pip install --no-deps --no-build-isolation -e .`` (what ``make install`` runs)
+or ``python setup.py build_ext --inplace``.
 """
 import glob
 import os
@@ -56,9 +66,10 @@ def get_extensions() -> list:
     cuda_sources = sorted(glob.glob(str(CSRC / "**" / "*.cu"), recursive=True))
     cuda_home = find_cuda_home()
     force_cuda = os.environ.get("FORCE_CUDA") == "1"
-    use_cuda = bool(cuda_sources) and (force_cuda or (cuda_home and torch.version.cuda))
+    gpu_visible = bool(cuda_home and torch.version.cuda and torch.cuda.is_available())
+    use_cuda = bool(cuda_sources) and (force_cuda or gpu_visible)
 
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    extra_compile_args = {"cxx": ["-O3", "-std=c++20"]}
     if sys.platform.startswith("linux"):
         extra_compile_args["cxx"].append("-fopenmp")
     define_macros = []
@@ -74,7 +85,7 @@ def get_extensions() -> list:
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = [
             "-O3",
-            "-std=c++17",
+            "-std=c++20",
             "-D__CUDA_NO_HALF_OPERATORS__",
             "-D__CUDA_NO_HALF_CONVERSIONS__",
             "-D__CUDA_NO_HALF2_OPERATORS__",

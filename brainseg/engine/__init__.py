@@ -1,0 +1,8 @@
+"""Thin additions to detectron2's engine: strict config overrides, the trainer, hooks."""
+from .checkpoint import BrainSegCheckpointer, CheckpointError
+from .config import ConfigError, apply_strict_overrides, load_config
+from .hooks import BestCheckpointAndEarlyStop
+from .trainer import BrainSegTrainer, NonFiniteLossError
+
+__all__ = ["BrainSegCheckpointer", "CheckpointError", "ConfigError", "apply_strict_overrides", "load_config", "BestCheckpointAndEarlyStop",
+           "BrainSegTrainer", "NonFiniteLossError"]

@@ -1,0 +1,104 @@
+"""The training loop: detectron2's SimpleTrainer with mixed precision on CPU or CUDA, a
+non-finite-loss guard on every rank, and a clean way for hooks to stop training early."""
+import logging
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+
+__all__ = ["BrainSegTrainer", "NonFiniteLossError"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the weights were not updated with it."""
+
+
+class BrainSegTrainer(SimpleTrainer):
+    """SimpleTrainer with optional autocast (bf16 on CPU, fp16 + GradScaler on CUDA), a loss
+    check before every optimizer step, and :meth:`request_stop` for early stopping."""
+
+    def __init__(self, model, data_loader, optimizer, *, amp: bool = False, device: str = "cpu"):
+        """
+        Args:
+            model, data_loader, optimizer: as for detectron2's SimpleTrainer.
+            amp: run forward passes under autocast (bfloat16 on CPU, float16 on CUDA).
+            device: "cpu" or "cuda".
+        """
+        super().__init__(model, data_loader, optimizer)
+        self.device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+        self.amp = amp
+        self.amp_dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
+        self.grad_scaler = torch.amp.GradScaler("cuda") if amp and self.device_type == "cuda" else None
+        self.stop_reason: Optional[str] = None
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the current iteration and leave the loop (hooks' after_train still run)."""
+        self.stop_reason = reason
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        """Run iterations ``start_iter .. max_iter - 1``, or until a hook requests a stop."""
+        logger.info(f"Starting training from iteration {start_iter}")
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self.stop_reason is not None:
+                        logger.info(f"Stopping at iteration {self.iter + 1}: {self.stop_reason}")
+                        break
+                self.iter += 1
+            finally:
+                self.after_train()
+
+    def run_step(self) -> None:
+        assert self.model.training, "[BrainSegTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self._check_finite(losses, loss_dict)
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _check_finite(self, losses: torch.Tensor, loss_dict: dict) -> None:
+        """Raise :class:`NonFiniteLossError` on every rank if any rank's loss is not finite,
+        before the optimizer could apply it."""
+        finite = torch.isfinite(losses.detach()).to(torch.int32).reshape(1).cpu()
+        if comm.get_world_size() > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite.item()):
+            values = {k: float(v.detach()) for k, v in loss_dict.items()}
+            raise NonFiniteLossError(f"loss became NaN or infinite at iteration {self.iter}: {values}")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

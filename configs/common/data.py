@@ -1,0 +1,44 @@
+"""LGG data loaders and evaluators (LazyConfig).
+
+Switch datasets with overrides, e.g. the demo data:
+``dataloader.train.dataset.names=lgg_demo_train dataloader.val.dataset.names=lgg_demo_val
+dataloader.test.dataset.names=lgg_demo_test`` (or use a ``*_demo.py`` config).
+``dataloader.val`` is evaluated periodically during training (best checkpoint, early
+stopping); ``dataloader.test`` at the end of training and by ``--eval-only``.
+"""
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from omegaconf import OmegaConf
+
+from brainseg.data import LGGDatasetMapper, build_lgg_augmentations
+from brainseg.evaluation import build_evaluators
+
+dataloader = OmegaConf.create()
+
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="lgg_train", filter_empty=False),
+    mapper=L(LGGDatasetMapper)(is_train=True, augmentations=L(build_lgg_augmentations)()),
+    total_batch_size=8,
+    num_workers=2,
+)
+
+dataloader.val = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="lgg_val", filter_empty=False),
+    mapper=L(LGGDatasetMapper)(is_train=False),
+    batch_size=8,
+    num_workers=2,
+)
+
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="lgg_test", filter_empty=False),
+    mapper=L(LGGDatasetMapper)(is_train=False),
+    batch_size=8,
+    num_workers=2,
+)
+
+# The dataset name is filled in by tools/train_net.py for the split being evaluated.
+dataloader.evaluator = L(build_evaluators)(
+    dataset_name="${..test.dataset.names}",
+    output_dir="${...train.output_dir}",
+    coco=True,
+)

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Train and evaluate brainseg models from LazyConfig files (detectron2-style driver).
+
+Examples:
+    python tools/train_net.py --config-file configs/lgg/unext.py
+    python tools/train_net.py --config-file configs/lgg/unext.py train.max_iter=2000 \\
+        dataloader.train.total_batch_size=16
+    python tools/train_net.py --config-file configs/lgg/unext.py --eval-only \\
+        train.init_checkpoint=output/lgg_unext/model_best.pth
+    python tools/train_net.py --config-file configs/lgg/unext.py --resume
+    python tools/train_net.py --config-file configs/lgg/unext.py --num-gpus 2   # 2 processes (gloo on CPU)
+
+Writes to ``train.output_dir``: config.yaml, log.txt, metrics.json, TensorBoard events,
+checkpoints (model_XXXXXXX.pth, model_best.pth, model_final.pth), results.json (the test
+split's metrics ``{task: {metric: value}}``) and overlay PNGs of the test split.
+"""
+import json
+import logging
+import math
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+import brainseg.data  # noqa: F401  (registers the LGG datasets)
+import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
+from brainseg.data.io import LGGDataError, atomic_write
+from brainseg.engine import (
+    BestCheckpointAndEarlyStop,
+    BrainSegCheckpointer,
+    BrainSegTrainer,
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    load_config,
+)
+
+logger = logging.getLogger("brainseg")
+
+
+def resolve_device(cfg) -> str:
+    """``train.device``: "auto" picks cuda when available, else cpu."""
+    device = cfg.train.get("device", "auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device} but no CUDA device is available")
+    return device
+
+
+def convert_epochs(cfg) -> None:
+    """Turn the epoch-based settings (``train.epochs`` ...) into iterations, in place."""
+    keys = {"epochs": "max_iter", "eval_period_epochs": "eval_period", "checkpoint_period_epochs": None}
+    if all(cfg.train.get(k) is None for k in keys):
+        return
+    names = cfg.dataloader.train.dataset.names
+    num_images = len(DatasetCatalog.get(names) if isinstance(names, str) else
+                     [r for n in names for r in DatasetCatalog.get(n)])
+    iters_per_epoch = max(1, math.ceil(num_images / cfg.dataloader.train.total_batch_size))
+    for key, target in keys.items():
+        value = cfg.train.get(key)
+        if value is None:
+            continue
+        iters = max(1, round(value * iters_per_epoch))
+        if target is None:
+            cfg.train.checkpointer.period = iters
+        else:
+            cfg.train[target] = iters
+    logger.info(f"{num_images} training images, {iters_per_epoch} iterations per epoch: "
+                f"max_iter={cfg.train.max_iter}, eval_period={cfg.train.eval_period}, "
+                f"checkpoint period={cfg.train.checkpointer.period}")
+
+
+def build_evaluator(cfg, split: str):
+    """Instantiate ``dataloader.evaluator`` for the dataset of ``dataloader.<split>``."""
+    node = OmegaConf.to_container(cfg.dataloader.evaluator, resolve=True)
+    node["dataset_name"] = cfg.dataloader[split].dataset.names
+    if "output_dir" in node:
+        node["output_dir"] = os.path.join(cfg.train.output_dir, f"inference_{split}")
+    return instantiate(node)
+
+
+def evaluate(cfg, model, split: str = "test") -> dict:
+    """Run ``model`` on ``dataloader.<split>`` and return the evaluators' results."""
+    loader = instantiate(cfg.dataloader[split])
+    results = inference_on_dataset(model, loader, build_evaluator(cfg, split))
+    if comm.is_main_process():
+        logger.info(f"Evaluation on {split} ({cfg.dataloader[split].dataset.names}):")
+        print_csv_format(results)
+    return results
+
+
+def save_results(cfg, results: dict) -> None:
+    """Write ``results.json`` (``{task: {metric: value}}``) into the output dir, atomically."""
+    if comm.is_main_process() and results:
+        path = os.path.join(cfg.train.output_dir, "results.json")
+        atomic_write(path, json.dumps(results, indent=2, default=float))
+        logger.info(f"Results saved to {path}")
+
+
+def write_overlays(cfg, model) -> None:
+    """Overlay PNGs (image | truth | prediction) of some test patients, when enabled."""
+    options = cfg.train.get("overlays", {})
+    if not options.get("enabled", False) or not comm.is_main_process():
+        return
+    from brainseg.utils.overlay import write_dataset_overlays
+
+    out_dir = os.path.join(cfg.train.output_dir, "overlays")
+    paths = write_dataset_overlays(model, instantiate(cfg.dataloader.test), out_dir,
+                                   max_patients=options.get("max_patients", 4))
+    logger.info(f"Wrote {len(paths)} overlay figures to {out_dir}")
+
+
+def build_model(cfg, device: str) -> torch.nn.Module:
+    model = instantiate(cfg.model)
+    model.to(device)
+    logger.info(f"Model: {type(model).__name__} with {sum(p.numel() for p in model.parameters()):,} parameters")
+    return model
+
+
+def do_train(args, cfg, model, device: str) -> dict:
+    """Train with periodic validation, best/periodic checkpoints; evaluate the best model on test."""
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    wrapped = model
+    if comm.get_world_size() > 1:
+        ddp = cfg.train.get("ddp", {})
+        wrapped = DistributedDataParallel(
+            model, device_ids=[comm.get_local_rank()] if device.startswith("cuda") else None,
+            broadcast_buffers=ddp.get("broadcast_buffers", False),
+            find_unused_parameters=ddp.get("find_unused_parameters", False))
+    trainer = BrainSegTrainer(wrapped, train_loader, optimizer, amp=cfg.train.amp.enabled, device=device)
+    checkpointer = BrainSegCheckpointer(model, cfg.train.output_dir, trainer=trainer,
+                                        allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False))
+    val_split = "val" if "val" in cfg.dataloader else "test"
+    eval_period = cfg.train.eval_period
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(eval_period, lambda: evaluate(cfg, model, val_split)),
+        BestCheckpointAndEarlyStop(eval_period, checkpointer, cfg.train.best_metric,
+                                   patience=cfg.train.get("early_stop_patience", 0)),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                             period=cfg.train.log_period) if comm.is_main_process() else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    if trainer.stop_reason is not None and comm.is_main_process():
+        checkpointer.save("model_final")
+    best = os.path.join(cfg.train.output_dir, "model_best.pth")
+    comm.synchronize()
+    if os.path.isfile(best):
+        logger.info(f"Evaluating the best validation checkpoint {best} on the test split")
+        BrainSegCheckpointer(model, allow_unsafe_load=False).load(best)
+    return evaluate(cfg, model, "test")
+
+
+def main(args) -> None:
+    cfg = load_config(args.config_file, args.opts)
+    device = resolve_device(cfg)
+    default_setup(cfg, args)
+    convert_epochs(cfg)
+    if device == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    model = build_model(cfg, device)
+    if args.eval_only:
+        BrainSegCheckpointer(model, cfg.train.output_dir,
+                             allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False)
+                             ).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        results = evaluate(cfg, model, "test")
+    else:
+        results = do_train(args, cfg, model, device)
+    save_results(cfg, results)
+    write_overlays(cfg, model)
+
+
+def run(args) -> None:
+    """Entry point of every process: turn user errors into one line, tear down the group."""
+    try:
+        main(args)
+    except (ConfigError, LGGDataError, CheckpointError, NonFiniteLossError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, NonFiniteLossError):
+            message += "; training stopped, the last good checkpoint is kept (see last_checkpoint)"
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(1)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser(epilog=__doc__)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    cli_args = parse_args()
+    launch(run, cli_args.num_gpus, num_machines=cli_args.num_machines, machine_rank=cli_args.machine_rank,
+           dist_url=cli_args.dist_url, args=(cli_args,))

@@ -95,6 +95,11 @@ def evaluate(cfg, model, split: str = "test") -> dict:
     if comm.is_main_process():
         logger.info(f"Evaluation on {split} ({cfg.dataloader[split].dataset.names}):")
         print_csv_format(results)
+        lgg = results.get("lgg", {})
+        if "dice_volume_mean" in lgg:
+            logger.info(f"[{split}] per-volume Dice {lgg['dice_volume_mean']:.4f} (median "
+                        f"{lgg['dice_volume_median']:.4f}), per-volume IoU {lgg['iou_volume_mean']:.4f}, "
+                        f"global Dice {lgg['dice_global']:.4f}, global IoU {lgg['iou_global']:.4f}")
     return results
 
 
@@ -191,6 +196,8 @@ def run(args) -> None:
         main(args)
     except (ConfigError, LGGDataError, CheckpointError, NonFiniteLossError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, KeyError) and "is not registered" not in str(message):
+            raise  # a KeyError that is not a user's unknown dataset name is a bug: show it
         if isinstance(e, NonFiniteLossError):
             message += "; training stopped, the last good checkpoint is kept (see last_checkpoint)"
         print(f"error: {message}", file=sys.stderr)

@@ -7,6 +7,8 @@ STAMP := $(VENV)/.brainseg-installed
 EXT_SOURCES := $(shell find brainseg/layers/csrc -type f 2>/dev/null)
 DETECTRON2_WHEEL := sal-detectron2==0.7.2
 PYTEST_ARGS ?=
+DATASETS := $(or $(BRAINSEG_DATASETS),datasets)
+DEMO_DATA := $(DATASETS)/lgg_demo
 DEMO_OUT ?= output/demo_unext
 
 .PHONY: install demo test clean-venv
@@ -32,10 +34,14 @@ $(STAMP): $(VPY) requirements.txt setup.py $(EXT_SOURCES)
 	@touch $(STAMP)
 
 test: install
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
+# Demo: generate the demo data if absent, convert it to COCO, train + evaluate UNeXt on CPU.
 demo: install
-	$(VPY) tools/demo.py --output-dir $(DEMO_OUT)
+	@if [ -d $(DEMO_DATA)/kaggle_3m ]; then echo "demo data present in $(DEMO_DATA)"; \
+	else $(VPY) datasets/prepare_lgg_demo.py --out $(DEMO_DATA); fi
+	$(VPY) tools/convert_lgg_to_coco.py --root $(DEMO_DATA) --out $(DEMO_DATA)/coco
+	$(VPY) tools/train_net.py --config-file configs/lgg/unext_demo.py train.output_dir=$(DEMO_OUT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -196,7 +196,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         evaluator.process([records[0]], [{"sem_seg": torch.zeros(2, 16, 16)}])
     with pytest.raises(KeyError, match="needs 'sem_seg' or 'instances' in the model output"):
         evaluator.process([records[0]], [{"panoptic_seg": None}])
-    with pytest.raises(KeyError, match=r"mask_source='instances'\) needs 'instances'"):
+    with pytest.raises(KeyError, match="mask_source='instances' needs 'instances'"):
         LGGEvaluator("lgg_eval_errors", mask_source="instances").process([records[0]], [output])
     with pytest.raises(LGGDataError, match="file not found"):
         evaluator.process([dict(records[0], sem_seg_file_name=str(tmp_path / "missing_mask.tif"))], [output])

@@ -3,6 +3,7 @@ IoU, HD95, tumour presence, UNeXt-compatible figures) and COCO AP through detect
 from .build import build_evaluators, resolve_dataset_name
 from .coco_evaluation import LGGCOCOEvaluator
 from .lgg_evaluation import LGGEvaluator, SliceResult, summarize_slices
+from .masks import MASK_SOURCES, describe_record, prediction_mask, truth_mask
 from .metrics import (
     ConfusionCounts,
     confusion_counts,

@@ -13,27 +13,18 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from tabulate import tabulate
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from brainseg.data.io import atomic_write, read_lgg_mask
+from brainseg.data.io import atomic_write
 
-from .metrics import (
-    dice_from_counts,
-    hausdorff_distance_95,
-    iou_from_counts,
-    safe_ratio,
-    seed_iou_dice,
-    tumour_probability,
-)
+from .masks import MASK_SOURCES, describe_record, prediction_mask, truth_mask
+from .metrics import dice_from_counts, hausdorff_distance_95, iou_from_counts, safe_ratio, seed_iou_dice
 
 __all__ = ["LGGEvaluator", "SliceResult", "summarize_slices"]
-
-MASK_SOURCES = ("auto", "sem_seg", "instances")
 
 
 @dataclass(frozen=True)
@@ -172,9 +163,15 @@ class LGGEvaluator(DatasetEvaluator):
         for record, output in zip(inputs, outputs):
             for key in ("patient_id", "slice_index"):
                 if key not in record:
-                    raise KeyError(f"LGGEvaluator needs '{key}' in the dataset record of {_describe(record)}")
-            prediction = self._prediction_mask(record, output)
-            truth = self._truth_mask(record, prediction.shape)
+                    raise KeyError(f"LGGEvaluator needs '{key}' in the dataset record of {describe_record(record)}")
+            prediction = prediction_mask(
+                record,
+                output,
+                mask_source=self._mask_source,
+                threshold=self._threshold,
+                score_threshold=self._score_threshold,
+            )
+            truth = truth_mask(record, prediction.shape)
             tp = int(np.count_nonzero(prediction & truth))
             fp = int(np.count_nonzero(prediction)) - tp
             fn = int(np.count_nonzero(truth)) - tp
@@ -195,46 +192,6 @@ class LGGEvaluator(DatasetEvaluator):
             union += tp + fp + fn
         if len(inputs):
             self._seed_batches.append((*seed_iou_dice(intersection, union), len(inputs)))
-
-    def _prediction_mask(self, record: Dict[str, Any], output: Dict[str, Any]) -> np.ndarray:
-        if self._mask_source == "auto":
-            use_sem_seg, needed = "sem_seg" in output, "'sem_seg' or 'instances'"
-        else:
-            use_sem_seg, needed = self._mask_source == "sem_seg", repr(self._mask_source)
-        if ("sem_seg" if use_sem_seg else "instances") not in output:
-            raise KeyError(
-                f"LGGEvaluator(mask_source={self._mask_source!r}) needs {needed} in the model output for "
-                f"{_describe(record)}; the output has {sorted(output)}"
-            )
-        if use_sem_seg:
-            mask = tumour_probability(output["sem_seg"].detach().cpu()) > self._threshold
-        else:
-            instances = output["instances"].to("cpu")
-            if not instances.has("pred_masks"):
-                raise KeyError(f"LGGEvaluator: 'instances' output for {_describe(record)} has no pred_masks")
-            height, width = instances.image_size
-            masks = instances.pred_masks[instances.scores >= self._score_threshold]
-            mask = masks.bool().any(dim=0) if len(masks) else torch.zeros((height, width), dtype=torch.bool)
-        mask = mask.numpy()
-        expected = (record.get("height", mask.shape[0]), record.get("width", mask.shape[1]))
-        if mask.shape != tuple(expected):
-            raise ValueError(
-                f"prediction for {_describe(record)} is {mask.shape[0]}x{mask.shape[1]}; "
-                f"the record says {expected[0]}x{expected[1]}"
-            )
-        return mask
-
-    @staticmethod
-    def _truth_mask(record: Dict[str, Any], shape: Tuple[int, int]) -> np.ndarray:
-        sem_seg = record.get("sem_seg")
-        if sem_seg is not None and tuple(sem_seg.shape) == tuple(shape):
-            sem_seg = torch.as_tensor(sem_seg)
-            if bool(((sem_seg != 0) & (sem_seg != 1)).any()):
-                raise ValueError(f"'sem_seg' of {_describe(record)} must hold 0/1 values")
-            return (sem_seg == 1).cpu().numpy()
-        if "sem_seg_file_name" not in record:
-            raise KeyError(f"LGGEvaluator needs 'sem_seg_file_name' or 'sem_seg' in the record of {_describe(record)}")
-        return read_lgg_mask(record["sem_seg_file_name"], expected_shape=shape).astype(bool)
 
     def evaluate(self) -> "OrderedDict[str, OrderedDict[str, float]]":
         """Gather the slices of all processes and compute the metrics on the main process.
@@ -407,10 +364,6 @@ def _nanmedian(values: np.ndarray) -> float:
     """Median of the finite entries (``nan`` if there are none)."""
     finite = _finite(values)
     return float(np.median(finite)) if finite.size else math.nan
-
-
-def _describe(record: Dict[str, Any]) -> str:
-    return str(record.get("file_name", record.get("image_id", "<record without file_name>")))
 
 
 def _to_csv(rows: Sequence[Dict[str, Any]]) -> str:

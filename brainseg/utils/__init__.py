@@ -1,0 +1,1 @@
+"""Utilities: visualisation (overlays) and benchmarking helpers."""

@@ -1,0 +1,23 @@
+"""Mask DINO, R50 backbone (from scratch), on LGG: the full model for GPUs.
+
+4 feature levels (res3-res5 + one downsampled), 6 encoder and 6 decoder layers, hidden 256,
+300 queries, 100 denoising queries; AdamW 1e-4. Train with
+``tools/train_net.py --config-file projects/MaskDINO/configs/maskdino_R50_lgg.py``.
+"""
+import torch
+
+from ....configs.common.data import dataloader
+from ....configs.common.optim import optimizer
+from ....configs.common.schedule import lr_multiplier
+from ....configs.common.train import train
+from .common.maskdino_r50 import model
+
+optimizer.lr = 1e-4
+optimizer.weight_decay = 0.05
+optimizer._target_ = torch.optim.AdamW
+
+dataloader.train.total_batch_size = 16
+train.max_iter = 20000
+train.eval_period = 1000
+train.checkpointer.period = 1000
+train.output_dir = "./output/maskdino_R50_lgg"

@@ -1,0 +1,23 @@
+"""Mask DINO, small (half-width ResNet-18, hidden 64, 3 levels, 2+3 layers, 30 queries), on
+the generated demo data ``lgg_demo_*``: trains on a 2-core CPU."""
+from detectron2.layers import ShapeSpec
+
+from .maskdino_R50_lgg import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.update(depth=18, width=32)
+model.pixel_decoder.input_shape = {f"res{i}": ShapeSpec(channels=32 * 2 ** (i - 2), stride=2**i) for i in range(2, 6)}
+model.pixel_decoder.update(
+    conv_dim=64, mask_dim=64, num_heads=4, dim_feedforward=256, num_encoder_layers=2, total_num_feature_levels=3
+)
+model.transformer_decoder.update(num_queries=30, num_heads=4, dim_feedforward=256, num_layers=3, dn_num_queries=20)
+model.criterion.matcher.num_points = 1024
+model.criterion.num_points = 1024
+
+for split in ("train", "val", "test"):
+    dataloader[split].dataset.names = f"lgg_demo_{split}"
+dataloader.train.total_batch_size = 8
+optimizer.lr = 2e-4
+train.max_iter = 3000
+train.eval_period = 1000
+train.checkpointer.period = 1000
+train.output_dir = "./output/maskdino_small_lgg_demo"

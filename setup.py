@@ -68,6 +68,8 @@ def get_extensions() -> list:
     force_cuda = os.environ.get("FORCE_CUDA") == "1"
     gpu_visible = bool(cuda_home and torch.version.cuda and torch.cuda.is_available())
     use_cuda = bool(cuda_sources) and (force_cuda or gpu_visible)
+    if use_cuda and not cuda_home:
+        sys.exit("setup.py: FORCE_CUDA=1 but no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)")
 
     extra_compile_args = {"cxx": ["-O3", "-std=c++20"]}
     if sys.platform.startswith("linux"):
@@ -76,11 +78,10 @@ def get_extensions() -> list:
     include_dirs = [str(CSRC)]
     rel = lambda paths: [os.path.relpath(p, ROOT) for p in paths]  # noqa: E731
     if use_cuda:
-        if cuda_home:
-            os.environ["CUDA_HOME"] = cuda_home
-            import torch.utils.cpp_extension as cpp_ext
+        os.environ["CUDA_HOME"] = cuda_home
+        import torch.utils.cpp_extension as cpp_ext
 
-            cpp_ext.CUDA_HOME = cuda_home
+        cpp_ext.CUDA_HOME = cuda_home
         include_dirs += nvidia_pip_include_dirs()
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = [
@@ -121,14 +122,15 @@ def get_cmdclass() -> dict:
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-setup(
-    name="brainseg",
-    version="0.1.0",
-    description="Detectron2-based brain-tumour segmentation toolkit for LGG MRI",
-    python_requires=">=3.10",
-    packages=find_packages(exclude=("tests", "configs", "tools", "projects", "datasets")),
-    package_data={"brainseg": ["layers/csrc/**/*"]},
-    ext_modules=get_extensions(),
-    cmdclass=get_cmdclass(),
-    zip_safe=False,
-)
+if __name__ == "__main__":  # setuptools runs this file as __main__; tools/check_cuda_build.py imports it
+    setup(
+        name="brainseg",
+        version="0.1.0",
+        description="Detectron2-based brain-tumour segmentation toolkit for LGG MRI",
+        python_requires=">=3.10",
+        packages=find_packages(exclude=("tests", "configs", "tools", "projects", "datasets")),
+        package_data={"brainseg": ["layers/csrc/**/*"]},
+        ext_modules=get_extensions(),
+        cmdclass=get_cmdclass(),
+        zip_safe=False,
+    )

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ms_deform_attn/bilinear.h"
+#include "ms_deform_attn/sizes.h"
 
 namespace brainseg {
 namespace {
@@ -25,21 +26,8 @@ namespace {
 using msda::BilinearCorners;
 using msda::bilinear_coordinate_grad;
 using msda::bilinear_corners;
-
-struct Sizes {
-  int64_t batch, num_value, num_heads, channels, num_query, num_levels, num_points;
-};
-
-Sizes get_sizes(const at::Tensor& value, const at::Tensor& sampling_locations) {
-  return Sizes{
-      value.size(0),
-      value.size(1),
-      value.size(2),
-      value.size(3),
-      sampling_locations.size(1),
-      sampling_locations.size(3),
-      sampling_locations.size(4)};
-}
+using msda::get_sizes;
+using msda::Sizes;
 
 // out[d] += sum_k coef[k] * v_k[d]
 template <typename scalar_t>

@@ -1,5 +1,6 @@
 """Tests of the LGG evaluator and the evaluator factory on tiny self-made datasets
 (masks written to tmp_path, throwaway catalog entries, COCO json built with pycocotools)."""
+
 import csv
 import json
 import math
@@ -44,8 +45,14 @@ CASES = [
 def make_records(tmp_path, cases=CASES, on_disk=True):
     records = []
     for image_id, (patient, k, truth, _) in enumerate(cases):
-        record = {"file_name": str(tmp_path / f"{patient}_{k}.tif"), "patient_id": patient, "slice_index": k,
-                  "height": SIZE, "width": SIZE, "image_id": image_id}
+        record = {
+            "file_name": str(tmp_path / f"{patient}_{k}.tif"),
+            "patient_id": patient,
+            "slice_index": k,
+            "height": SIZE,
+            "width": SIZE,
+            "image_id": image_id,
+        }
         if on_disk:
             path = tmp_path / f"{patient}_{k}_mask.tif"
             Image.fromarray(truth.astype(np.uint8) * 255).save(path)
@@ -63,9 +70,13 @@ def sem_seg_output(prediction):
 
 def instances_output(masks, scores):
     instances = Instances((SIZE, SIZE))
-    instances.pred_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, SIZE, SIZE), dtype=torch.bool)
+    instances.pred_masks = (
+        torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, SIZE, SIZE), dtype=torch.bool)
+    )
     boxes = [mask_util.toBbox(mask_util.encode(np.asfortranarray(m.astype(np.uint8)))) for m in masks]
-    instances.pred_boxes = Boxes(torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32).reshape(-1, 4))
+    instances.pred_boxes = Boxes(
+        torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32).reshape(-1, 4)
+    )
     instances.scores = torch.tensor(scores, dtype=torch.float32)
     instances.pred_classes = torch.zeros(len(masks), dtype=torch.int64)
     return {"instances": instances}
@@ -86,8 +97,12 @@ def stacked(patient, order, cases=CASES):
 def test_known_answers_and_per_patient_csv(tmp_path):
     records = make_records(tmp_path)
     outputs = [sem_seg_output(p) for *_, p in CASES]
-    res = run(LGGEvaluator("lgg_eval_known", distributed=False, output_dir=str(tmp_path / "out")),
-              records, outputs, batches=[[0, 1], [2, 3, 4]])
+    res = run(
+        LGGEvaluator("lgg_eval_known", distributed=False, output_dir=str(tmp_path / "out")),
+        records,
+        outputs,
+        batches=[[0, 1], [2, 3, 4]],
+    )
     tp, fp, fn = 70, 34, 130
     assert res["dice_global"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert res["iou_global"] == pytest.approx(tp / (tp + fp + fn))
@@ -125,7 +140,9 @@ def test_known_answers_and_per_patient_csv(tmp_path):
 def test_presence_min_area_and_threshold(tmp_path):
     records = make_records(tmp_path)
     outputs = [sem_seg_output(p) for *_, p in CASES]
-    res = run(LGGEvaluator("lgg_eval_area", distributed=False, min_presence_area=5), records, outputs, [[i] for i in range(5)])
+    res = run(
+        LGGEvaluator("lgg_eval_area", distributed=False, min_presence_area=5), records, outputs, [[i] for i in range(5)]
+    )
     # B2's 4-pixel prediction is below the minimum area: slice B2 becomes a true negative.
     assert res["presence_accuracy"] == pytest.approx(4 / 5)
     assert res["presence_specificity"] == 1.0
@@ -141,7 +158,12 @@ def test_slice_order_across_process_calls_does_not_matter(tmp_path):
     records = make_records(tmp_path, cases)
     outputs = [sem_seg_output(p) for *_, p in cases]
     n = len(cases)
-    in_order = run(LGGEvaluator("lgg_eval_order", distributed=False, output_dir=str(tmp_path)), records, outputs, [[i] for i in range(n)])
+    in_order = run(
+        LGGEvaluator("lgg_eval_order", distributed=False, output_dir=str(tmp_path)),
+        records,
+        outputs,
+        [[i] for i in range(n)],
+    )
     csv_in_order = (tmp_path / "lgg_per_patient.csv").read_text()
     for seed in range(3):
         order = list(range(n))
@@ -149,7 +171,10 @@ def test_slice_order_across_process_calls_does_not_matter(tmp_path):
         evaluator = LGGEvaluator("lgg_eval_order", distributed=False, output_dir=str(tmp_path))
         assert run(evaluator, records, outputs, [[i] for i in order]) == in_order
         assert (tmp_path / "lgg_per_patient.csv").read_text() == csv_in_order
-    expected_hd95 = [hausdorff_distance_95(*stacked("A", [1, 2, 3], cases)), hausdorff_distance_95(*stacked("C", [1, 2, 3, 4], cases))]
+    expected_hd95 = [
+        hausdorff_distance_95(*stacked("A", [1, 2, 3], cases)),
+        hausdorff_distance_95(*stacked("C", [1, 2, 3, 4], cases)),
+    ]
     assert in_order["hd95"] == pytest.approx(np.mean(expected_hd95))
     # The check is discriminative: stacking C's slices in arrival order would change its HD95.
     assert hausdorff_distance_95(*stacked("C", [1, 4, 2, 3], cases)) < expected_hd95[1]
@@ -157,14 +182,21 @@ def test_slice_order_across_process_calls_does_not_matter(tmp_path):
 
 def test_instances_outputs_and_truth_from_tensors(tmp_path):
     from_files = make_records(tmp_path)
-    sem_seg = run(LGGEvaluator("lgg_eval_src", distributed=False), from_files, [sem_seg_output(p) for *_, p in CASES], [[0, 1, 2, 3, 4]])
+    sem_seg = run(
+        LGGEvaluator("lgg_eval_src", distributed=False),
+        from_files,
+        [sem_seg_output(p) for *_, p in CASES],
+        [[0, 1, 2, 3, 4]],
+    )
     # Instances: the prediction plus a low-score junk mask that must be ignored.
     junk = square(0, 0, 4)
     outputs = [instances_output([p, junk] if p.any() else [junk], [0.9, 0.2] if p.any() else [0.2]) for *_, p in CASES]
     in_memory = make_records(tmp_path, on_disk=False)
     assert "sem_seg_file_name" not in in_memory[0]
     assert run(LGGEvaluator("lgg_eval_src", distributed=False), in_memory, outputs, [[0, 1, 2, 3, 4]]) == sem_seg
-    with_junk = run(LGGEvaluator("lgg_eval_src", distributed=False, score_threshold=0.1), in_memory, outputs, [[0, 1, 2, 3, 4]])
+    with_junk = run(
+        LGGEvaluator("lgg_eval_src", distributed=False, score_threshold=0.1), in_memory, outputs, [[0, 1, 2, 3, 4]]
+    )
     assert with_junk["precision"] < sem_seg["precision"]
 
 
@@ -245,14 +277,24 @@ def register_coco_dataset(tmp_path, cases):
         images.append({"id": image_id, "file_name": f"{patient}_{k}.tif", "height": SIZE, "width": SIZE})
         if truth.any():
             rle = mask_util.encode(np.asfortranarray(truth.astype(np.uint8)))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                                "area": float(mask_util.area(rle)), "bbox": mask_util.toBbox(rle).tolist(),
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "area": float(mask_util.area(rle)),
+                    "bbox": mask_util.toBbox(rle).tolist(),
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                }
+            )
     json_file = tmp_path / f"{name}.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                     "categories": [{"id": 1, "name": "tumor"}]}))
-    MetadataCatalog.get(name).set(json_file=str(json_file), thing_classes=["tumor"],
-                                  thing_dataset_id_to_contiguous_id={1: 0})
+    json_file.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "tumor"}]})
+    )
+    MetadataCatalog.get(name).set(
+        json_file=str(json_file), thing_classes=["tumor"], thing_dataset_id_to_contiguous_id={1: 0}
+    )
     return name
 
 
@@ -260,8 +302,10 @@ def test_coco_ap_of_perfect_and_empty_predictions(tmp_path):
     cases = [("A", 1, square(3, 3, 8), EMPTY), ("A", 2, EMPTY, EMPTY), ("B", 1, square(12, 10, 6), EMPTY)]
     name = register_coco_dataset(tmp_path, cases)
     records = make_records(tmp_path, cases)
-    perfect = [dict(sem_seg_output(t), **instances_output([t] if t.any() else [], [1.0] if t.any() else []))
-               for _, _, t, _ in cases]
+    perfect = [
+        dict(sem_seg_output(t), **instances_output([t] if t.any() else [], [1.0] if t.any() else []))
+        for _, _, t, _ in cases
+    ]
     empty = [dict(sem_seg_output(EMPTY), **instances_output([], [])) for _ in cases]
     evaluators = build_evaluators([name], output_dir=str(tmp_path / "out"))
     assert [type(e) for e in evaluators._evaluators] == [LGGEvaluator, LGGCOCOEvaluator]

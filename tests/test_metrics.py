@@ -1,4 +1,5 @@
 """Known-answer tests of brainseg.evaluation.metrics."""
+
 import math
 
 import numpy as np
@@ -30,7 +31,12 @@ def test_offset_squares_dice_iou(size, offset):
     truth = square((40, 40), 5, 5, size)
     prediction = square((40, 40), 5, 5 + offset, size)
     overlap = size * (size - offset)
-    assert confusion_counts(prediction, truth) == (overlap, size * offset, size * offset, 1600 - overlap - 2 * size * offset)
+    assert confusion_counts(prediction, truth) == (
+        overlap,
+        size * offset,
+        size * offset,
+        1600 - overlap - 2 * size * offset,
+    )
     # Two n x n squares shifted by k: Dice = (n - k) / n, IoU = (n - k) / (n + k).
     assert dice_score(prediction, truth) == pytest.approx((size - offset) / size)
     assert iou_score(prediction, truth) == pytest.approx((size - offset) / (size + offset))

@@ -1,4 +1,5 @@
 """tools/report.py on fabricated run dirs, and the overlay figures of brainseg.utils.overlay."""
+
 import csv
 import importlib.util
 import json
@@ -47,23 +48,35 @@ def make_run(root, name, *, results, lines, net="UNeXt"):
     return run
 
 
-LGG = {"dice_volume_mean": 0.8125, "dice_volume_median": 0.85, "dice_global": 0.79, "iou_global": 0.65,
-       "hd95": 7.5, "seed_dice": 0.83, "seed_iou": 0.71}
+LGG = {
+    "dice_volume_mean": 0.8125,
+    "dice_volume_median": 0.85,
+    "dice_global": 0.79,
+    "iou_global": 0.65,
+    "hd95": 7.5,
+    "seed_dice": 0.83,
+    "seed_iou": 0.71,
+}
 
 
 @pytest.fixture
 def runs(tmp_path):
     unext = make_run(
-        tmp_path, "lgg_unext",
+        tmp_path,
+        "lgg_unext",
         results={"lgg": LGG, "segm": {"AP": 41.5, "AP50": 70.25, "AP75": 40.0}, "bbox": {"AP": 38.0, "AP50": 66.0}},
-        lines=[json.dumps({"iteration": 19, "total_loss": 0.9}),
-               json.dumps({"iteration": 39, "total_loss": 0.7}),
-               json.dumps({"iteration": 39, "lgg/dice_volume_mean": 0.55, "lgg/dice_global": 0.5}),
-               json.dumps({"iteration": 59, "total_loss": 0.5, "lgg/dice_volume_mean": 0.75}),
-               '{"iteration": 79, "total_lo'],  # a run still writing: truncated last line
+        lines=[
+            json.dumps({"iteration": 19, "total_loss": 0.9}),
+            json.dumps({"iteration": 39, "total_loss": 0.7}),
+            json.dumps({"iteration": 39, "lgg/dice_volume_mean": 0.55, "lgg/dice_global": 0.5}),
+            json.dumps({"iteration": 59, "total_loss": 0.5, "lgg/dice_volume_mean": 0.75}),
+            '{"iteration": 79, "total_lo',
+        ],  # a run still writing: truncated last line
     )
     unet = make_run(
-        tmp_path, "lgg_unet", net="UNet",
+        tmp_path,
+        "lgg_unet",
+        net="UNet",
         results={"lgg": dict(LGG, dice_volume_mean=0.6, hd95=float("nan"))},
         lines=[json.dumps({"iteration": 9, "total_loss": 1.2}), json.dumps({"iteration": 9, "lgg/dice_global": 0.3})],
     )
@@ -76,7 +89,10 @@ def test_report_table_and_curves(runs, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["run"], r["model"], r["iterations"]) for r in rows] == [("lgg_unext", "UNeXt", "59"), ("lgg_unet", "UNet", "9")]
+    assert [(r["run"], r["model"], r["iterations"]) for r in rows] == [
+        ("lgg_unext", "UNeXt", "59"),
+        ("lgg_unet", "UNet", "9"),
+    ]
     assert float(rows[0]["dice_volume_mean"]) == 0.8125 and float(rows[0]["segm/AP50"]) == 70.25
     assert float(rows[0]["bbox/AP"]) == 38.0 and float(rows[0]["seed_iou"]) == 0.71
     assert rows[1]["segm/AP"] == "" and math.isnan(float(rows[1]["hd95"]))
@@ -99,7 +115,10 @@ def test_report_errors_name_the_run(runs, tmp_path, capsys):
     (runs[1] / "results.json").unlink()
     assert report.main([str(r) for r in runs] + ["--out", str(tmp_path / "report")]) == 1
     err = capsys.readouterr().err
-    assert err.strip() == f"report.py: error: {runs[1]}: no results.json (is it a tools/train_net.py output dir of a finished run?)"
+    assert (
+        err.strip()
+        == f"report.py: error: {runs[1]}: no results.json (is it a tools/train_net.py output dir of a finished run?)"
+    )
     assert not (tmp_path / "report").exists()  # nothing half-written
 
     (runs[0] / "metrics.json").write_text('{"iteration": 1}\nnot json\n{"iteration": 2}\n')
@@ -140,7 +159,10 @@ def test_save_overlay_png_and_figure(tmp_path):
     assert np.all(written == TRUTH_COLOR, axis=2).any() and np.all(written == PREDICTION_COLOR, axis=2).any()
     assert [p.name for p in (tmp_path / "png").iterdir()] == ["slice.png"]  # no temporary file left
 
-    samples = [OverlaySample(image, truth, prediction, "P slice 3"), OverlaySample(image, np.zeros_like(truth), np.zeros_like(truth))]
+    samples = [
+        OverlaySample(image, truth, prediction, "P slice 3"),
+        OverlaySample(image, np.zeros_like(truth), np.zeros_like(truth)),
+    ]
     save_overlay_figure(tmp_path / "figure.png", samples, panel_size=2.0, dpi=50)
     with Image.open(tmp_path / "figure.png") as png:
         assert png.size == (4 * 2.0 * 50, round(2 * (2.0 + 0.3) * 50))
@@ -175,8 +197,17 @@ def test_write_dataset_overlays(tmp_path):
             truth[4:10, 5:11] = 1 if k >= 2 else 0
             path = tmp_path / f"{patient}_{k}.tif"
             Image.fromarray(image).save(path)
-            records.append({"file_name": str(path), "patient_id": patient, "slice_index": k, "height": 16, "width": 16,
-                            "image": torch.from_numpy(image).permute(2, 0, 1), "sem_seg": torch.from_numpy(truth)})
+            records.append(
+                {
+                    "file_name": str(path),
+                    "patient_id": patient,
+                    "slice_index": k,
+                    "height": 16,
+                    "width": 16,
+                    "image": torch.from_numpy(image).permute(2, 0, 1),
+                    "sem_seg": torch.from_numpy(truth),
+                }
+            )
     loader = [records[i : i + 2] for i in range(0, len(records), 2)]
     model = ThresholdModel().train()
     paths = write_dataset_overlays(model, loader, str(tmp_path / "overlays"), max_patients=2, slices_per_patient=2)

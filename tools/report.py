@@ -11,6 +11,7 @@ Example:
 
 Writes ``results.md``, ``results.csv`` and ``training_curves.png`` into ``--out``.
 """
+
 import argparse
 import csv
 import io

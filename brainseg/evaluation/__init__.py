@@ -1,5 +1,6 @@
 """Evaluation of brainseg models: LGG medical metrics (per-pixel, per-slice, per-patient Dice,
 IoU, HD95, tumour presence, UNeXt-compatible figures) and COCO AP through detectron2."""
+
 from .build import build_evaluators, resolve_dataset_name
 from .coco_evaluation import LGGCOCOEvaluator
 from .lgg_evaluation import LGGEvaluator, SliceResult, summarize_slices

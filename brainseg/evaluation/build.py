@@ -1,5 +1,6 @@
 """The evaluator factory used by the configs' ``dataloader.evaluator``: the LGG medical
 metrics plus detectron2's COCO AP on the split's COCO json."""
+
 import logging
 import os
 from typing import Any, Mapping, Optional, Sequence, Union

@@ -1,4 +1,5 @@
 """detectron2's COCO evaluation, with a model that detects nothing scored as AP 0."""
+
 import math
 from typing import Dict, Optional, Sequence
 
@@ -23,8 +24,14 @@ class LGGCOCOEvaluator(COCOEvaluator):
     object-size range has no ground truth stay ``nan``, as COCOeval itself reports them.
     """
 
-    def __init__(self, dataset_name: str, tasks: Optional[Sequence[str]] = None, distributed: bool = True,
-                 output_dir: Optional[str] = None, **kwargs):
+    def __init__(
+        self,
+        dataset_name: str,
+        tasks: Optional[Sequence[str]] = None,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        **kwargs,
+    ):
         """
         Args:
             dataset_name, tasks, distributed, output_dir: as in detectron2's COCOEvaluator.

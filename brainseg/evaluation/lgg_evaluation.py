@@ -2,6 +2,7 @@
 per-patient (3-D) Dice/IoU, HD95, slice-level tumour detection and the UNeXt-compatible
 figures, as a detectron2 :class:`DatasetEvaluator`.
 """
+
 import csv
 import io
 import itertools
@@ -22,7 +23,14 @@ from detectron2.utils import comm
 from brainseg.data.io import atomic_write
 
 from .masks import MASK_SOURCES, describe_record, prediction_mask, truth_mask
-from .metrics import dice_from_counts, hausdorff_distance_95, iou_from_counts, safe_ratio, seed_iou_dice
+from .metrics import (
+    confusion_counts,
+    dice_from_counts,
+    hausdorff_distance_95,
+    iou_from_counts,
+    safe_ratio,
+    seed_iou_dice,
+)
 
 __all__ = ["LGGEvaluator", "SliceResult", "summarize_slices"]
 
@@ -172,9 +180,7 @@ class LGGEvaluator(DatasetEvaluator):
                 score_threshold=self._score_threshold,
             )
             truth = truth_mask(record, prediction.shape)
-            tp = int(np.count_nonzero(prediction & truth))
-            fp = int(np.count_nonzero(prediction)) - tp
-            fn = int(np.count_nonzero(truth)) - tp
+            tp, fp, fn, _ = confusion_counts(prediction, truth)
             self._slices.append(
                 SliceResult(
                     patient_id=str(record["patient_id"]),
@@ -237,7 +243,11 @@ class LGGEvaluator(DatasetEvaluator):
             "hd95: mean over patients with both masks non-empty (n_hd95_excluded excluded).\n"
             "seed_*: UNeXt convention (per-batch pooled, smooth 1e-5, batch-weighted mean)."
         ).format(unit=unit)
-        return tabulate(rows, headers=["metric (fractions in [0,1])", "value"], tablefmt="pipe", disable_numparse=True) + "\n" + notes
+        return (
+            tabulate(rows, headers=["metric (fractions in [0,1])", "value"], tablefmt="pipe", disable_numparse=True)
+            + "\n"
+            + notes
+        )
 
 
 def summarize_slices(

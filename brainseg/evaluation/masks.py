@@ -1,5 +1,6 @@
 """Binary tumour masks from model outputs and from dataset records, shared by the evaluator
 and the overlay figures so that both score exactly the same pixels."""
+
 from typing import Any, Dict, Tuple
 
 import numpy as np

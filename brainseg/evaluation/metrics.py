@@ -9,6 +9,7 @@ Conventions used everywhere in brainseg:
   ``nan``, never 1.0: callers decide whether to skip such cases and count them.
 * Masks are boolean-like arrays; any non-zero value is foreground.
 """
+
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np

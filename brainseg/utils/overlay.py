@@ -11,6 +11,7 @@ Images are (H, W, 3) uint8 slices in file channel order (pre-contrast, FLAIR,
 post-contrast) or (H, W) grayscale; by default the FLAIR channel is shown. Every file is
 written atomically (temporary file + rename).
 """
+
 import io
 import math
 import os

@@ -1,0 +1,132 @@
+"""``BrainSegSemantic``: detectron2 meta-architecture around a one-logit segmentation net."""
+
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList
+from torch import nn
+
+from .postprocessing import logits_to_probabilities, probabilities_to_instances, probabilities_to_sem_seg
+
+__all__ = ["BrainSegSemantic"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class BrainSegSemantic(nn.Module):
+    """Semantic segmentation of tumour vs background with a dense net predicting one logit.
+
+    It normalises the mapper's uint8 (C, H, W) images, pads the batch to the net's stride, and
+    returns ``{"loss_sem_seg": loss}`` in training (targets from ``"sem_seg"``, padding and
+    ``ignore_label`` pixels ignored). In eval it returns, per image and at the record's
+    ``height``/``width``, ``"sem_seg"``: (2, H, W) scores (1 - p, p) and ``"instances"``: one per
+    8-connected component of ``p > mask_threshold`` (see :func:`probabilities_to_instances`).
+
+    Built with plain keyword arguments, so it works with LazyCall::
+
+        model = L(BrainSegSemantic)(net=L(UNeXt)(), loss=L(BCEDiceLoss)(),
+                                    pixel_mean=[...], pixel_std=[...])
+    """
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        loss: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        ignore_label: int = 255,
+        mask_threshold: float = 0.5,
+        size_divisibility: Optional[int] = None,
+        channels_last: bool = True,
+        compile_inference: bool = False,
+    ):
+        """
+        Args:
+            net: maps (B, C, H, W) float images to (B, 1, H, W) tumour logits.
+            loss: maps (logits (B, 1, H, W), targets (B, H, W)) to a scalar, ignoring
+                ``ignore_label`` targets (see :mod:`brainseg.modeling.losses`).
+            pixel_mean, pixel_std: per-channel statistics of the uint8 images.
+            ignore_label: target value excluded from the loss; also used to pad targets.
+            mask_threshold: tumour probability above which a pixel belongs to an instance.
+            size_divisibility: pad batches to multiples of this; default
+                ``net.size_divisibility`` (1 if the net has none).
+            channels_last: run the net in channels-last memory format (faster convs on CPU).
+            compile_inference: run the net through ``torch.compile`` in eval mode; when
+                compilation fails it logs a warning and falls back to eager mode.
+        """
+        super().__init__()
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(f"pixel_mean {list(pixel_mean)} and pixel_std {list(pixel_std)} differ in length")
+        self.net = net
+        self.loss = loss
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.ignore_label = ignore_label
+        self.mask_threshold = mask_threshold
+        self.size_divisibility = size_divisibility or getattr(net, "size_divisibility", 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.compile_inference = compile_inference
+        # kept out of the module tree so it adds nothing to state_dict()
+        self.__dict__["_compiled_net"] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor] | List[Dict]:
+        """
+        Args:
+            batched_inputs: dataset-mapper outputs, each with ``"image"`` (uint8 (C, H, W)),
+                ``"sem_seg"`` (int64 (H, W) 0/1, required in training) and optionally
+                ``"height"``/``"width"`` (output size in eval).
+
+        Returns:
+            In training a dict ``{"loss_sem_seg": scalar}``; in eval a list of dicts with
+            ``"sem_seg"`` and ``"instances"`` (see the class docstring).
+        """
+        if self.training and any("sem_seg" not in x for x in batched_inputs):
+            raise KeyError("BrainSegSemantic needs 'sem_seg' targets in every training input")
+        images = self.preprocess_image(batched_inputs)
+        logits = self.run_net(images.tensor)
+        if self.training:
+            targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+            targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_label).tensor
+            return {"loss_sem_seg": self.loss(logits, targets)}
+        return [
+            self.postprocess(logit, image_size, x.get("height", image_size[0]), x.get("width", image_size[1]))
+            for logit, image_size, x in zip(logits, images.image_sizes, batched_inputs)
+        ]
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise the images and pad them into one batch (padding is 0 after normalising)."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = ImageList.from_tensors(images, self.size_divisibility)
+        images.tensor = images.tensor.contiguous(memory_format=self.memory_format)
+        return images
+
+    def run_net(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the net, compiled in eval mode if ``compile_inference`` (eager on failure)."""
+        if self.training or not self.compile_inference:
+            return self.net(images)
+        if self._compiled_net is None:
+            self.__dict__["_compiled_net"] = torch.compile(self.net, dynamic=False)
+        try:
+            return self._compiled_net(images)
+        except Exception as e:  # compilers fail in many ways (no C++ compiler, unsupported op, ...)
+            logger.warning(f"torch.compile of {type(self.net).__name__} failed, running eagerly: {e!r}")
+            self.compile_inference = False
+            return self.net(images)
+
+    def postprocess(self, logits: torch.Tensor, image_size: tuple, height: int, width: int) -> Dict:
+        """Outputs of one image from its padded (1, Hp, Wp) logits."""
+        probs = logits_to_probabilities(logits.float(), image_size, height, width)
+        return {
+            "sem_seg": probabilities_to_sem_seg(probs),
+            "instances": probabilities_to_instances(probs, threshold=self.mask_threshold),
+        }

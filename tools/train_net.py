@@ -27,6 +27,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,6 +41,7 @@ from brainseg.engine import (
     CheckpointError,
     ConfigError,
     NonFiniteLossError,
+    RNGStateHook,
     load_config,
 )
 
@@ -124,6 +126,21 @@ def write_overlays(cfg, model) -> None:
     logger.info(f"Wrote {len(paths)} overlay figures to {out_dir}")
 
 
+def check_replicas_agree(model: torch.nn.Module) -> None:
+    """In multi-process runs, verify that every rank ended with the same parameters.
+
+    (BatchNorm running statistics are per-rank between DDP's buffer broadcasts from rank 0;
+    the checkpoint holds rank 0's.)"""
+    if comm.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum() for p in model.parameters()))
+    checksums = comm.all_gather(checksum)
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"ranks ended training with different weights (checksums {checksums})")
+    logger.info(f"All {len(checksums)} ranks agree on the weights (checksum {checksum:.6f})")
+
+
 def build_model(cfg, device: str) -> torch.nn.Module:
     model = instantiate(cfg.model)
     model.to(device)
@@ -135,7 +152,6 @@ def do_train(args, cfg, model, device: str) -> dict:
     """Train with periodic validation, best/periodic checkpoints; evaluate the best model on test."""
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
     wrapped = model
     if comm.get_world_size() > 1:
         ddp = cfg.train.get("ddp", {})
@@ -143,13 +159,15 @@ def do_train(args, cfg, model, device: str) -> dict:
             model, device_ids=[comm.get_local_rank()] if device.startswith("cuda") else None,
             broadcast_buffers=ddp.get("broadcast_buffers", False),
             find_unused_parameters=ddp.get("find_unused_parameters", False))
-    trainer = BrainSegTrainer(wrapped, train_loader, optimizer, amp=cfg.train.amp.enabled, device=device)
+    # The data loader is built after the checkpoint is loaded, so that it resumes its stream.
+    trainer = BrainSegTrainer(wrapped, None, optimizer, amp=cfg.train.amp.enabled, device=device)
     checkpointer = BrainSegCheckpointer(model, cfg.train.output_dir, trainer=trainer,
                                         allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False))
     val_split = "val" if "val" in cfg.dataloader else "test"
     eval_period = cfg.train.eval_period
     trainer.register_hooks([
         hooks.IterationTimer(),
+        RNGStateHook(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(eval_period, lambda: evaluate(cfg, model, val_split)),
@@ -160,7 +178,11 @@ def do_train(args, cfg, model, device: str) -> dict:
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    if "start_iter" in cfg.dataloader.train:
+        cfg.dataloader.train.start_iter = start_iter
+    trainer.reset_data_loader(lambda: instantiate(cfg.dataloader.train))
     trainer.train(start_iter, cfg.train.max_iter)
+    check_replicas_agree(model)
     if trainer.stop_reason is not None and comm.is_main_process():
         checkpointer.save("model_final")
     best = os.path.join(cfg.train.output_dir, "model_best.pth")
@@ -175,6 +197,7 @@ def main(args) -> None:
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(cfg)
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="brainseg", abbrev_name="brainseg")
     convert_epochs(cfg)
     if device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))

@@ -1,4 +1,5 @@
 """LGG data: discovery, patient split, catalog registration, COCO conversion, mapper."""
+from .build import build_lgg_train_loader
 from .catalog import DEFAULT_SPLIT_RATIOS, datasets_root, register_all_lgg, register_lgg_dataset
 from .coco import convert_lgg_to_coco, ensure_coco_json, load_coco_records
 from .instances import annotations_to_mask, mask_to_annotations
@@ -6,6 +7,7 @@ from .io import LGGDataError, read_lgg_image, read_lgg_mask
 from .lgg import LGGPatient, LGGSlice, discover_lgg, find_kaggle_root
 from .mapper import LGGDatasetMapper, build_lgg_augmentations
 from .records import load_lgg_records
+from .samplers import PositionalDataset, ResumableTrainingSampler
 from .split import split_patients
 
 register_all_lgg()

@@ -9,6 +9,7 @@ from detectron2.structures import BitMasks, Instances
 
 from .instances import annotations_to_mask, connected_components
 from .io import read_lgg_image, read_lgg_mask
+from .samplers import AUG_SEED_KEY
 
 __all__ = ["LGGDatasetMapper", "build_lgg_augmentations", "mask_to_instances", "Rot90Transform", "RandomRot90"]
 
@@ -124,7 +125,12 @@ class LGGDatasetMapper:
             mask = read_lgg_mask(record["sem_seg_file_name"], expected_shape=(height, width))
         else:
             mask = annotations_to_mask(record.get("annotations", []), height, width)
+        aug_seed = record.pop(AUG_SEED_KEY, None)
         if self.is_train:
+            if aug_seed is not None:
+                # detectron2 augmentations draw from numpy's global RNG: make them a function
+                # of the sample's stream position (see brainseg.data.samplers).
+                np.random.seed(aug_seed)
             aug_input = T.AugInput(image, sem_seg=mask)
             self.augmentations(aug_input)
             image, mask = aug_input.image, aug_input.sem_seg

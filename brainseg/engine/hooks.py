@@ -1,12 +1,16 @@
-"""Training hooks: best-checkpoint tracking with early stopping, resumable."""
+"""Training hooks: best-checkpoint tracking with early stopping, RNG state; both resumable."""
 import logging
 import math
+import random
 from typing import Optional
+
+import numpy as np
+import torch
 
 from detectron2.checkpoint import Checkpointer
 from detectron2.engine import HookBase
 
-__all__ = ["BestCheckpointAndEarlyStop"]
+__all__ = ["BestCheckpointAndEarlyStop", "RNGStateHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +84,25 @@ class BestCheckpointAndEarlyStop(HookBase):
         self.best_iter = state_dict["best_iter"]
         self.evals_since_best = state_dict["evals_since_best"]
         self._last_seen_iter = state_dict["last_seen_iter"]
+
+
+class RNGStateHook(HookBase):
+    """Puts the python, numpy and torch RNG states into every checkpoint and restores them on
+    ``--resume``, so that random draws after a resume continue the interrupted sequence.
+    (Stored as tensors and plain lists: loadable with ``torch.load(weights_only=True)``.)"""
+
+    def state_dict(self) -> dict:
+        version, state, gauss = random.getstate()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "python": [version, list(state), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        version, state, gauss = state_dict["python"]
+        random.setstate((version, tuple(state), gauss))
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])

@@ -7,19 +7,23 @@ dataloader.test.dataset.names=lgg_demo_test`` (or use a ``*_demo.py`` config).
 stopping); ``dataloader.test`` at the end of training and by ``--eval-only``.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from omegaconf import OmegaConf
 
-from brainseg.data import LGGDatasetMapper, build_lgg_augmentations
+from brainseg.data import LGGDatasetMapper, build_lgg_augmentations, build_lgg_train_loader
 from brainseg.evaluation import build_evaluators
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+# Resumable and reproducible: samples and augmentations are functions of (seed, stream
+# position); tools/train_net.py sets seed from train.seed and start_iter on --resume.
+dataloader.train = L(build_lgg_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="lgg_train", filter_empty=False),
     mapper=L(LGGDatasetMapper)(is_train=True, augmentations=L(build_lgg_augmentations)()),
     total_batch_size=8,
     num_workers=2,
+    seed="${...train.seed}",
+    start_iter=0,
 )
 
 dataloader.val = L(build_detection_test_loader)(

@@ -24,7 +24,8 @@ train = dict(
     seed=0,
     # mixed precision: fp16 AMP on CUDA, bf16 autocast on CPU
     amp=dict(enabled=False),
-    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    # broadcast_buffers: BatchNorm statistics follow rank 0 in multi-process training
+    ddp=dict(broadcast_buffers=True, find_unused_parameters=False),
     cudnn_benchmark=False,
     # write overlay PNGs (image | truth | prediction) of the test split after training
     overlays=dict(enabled=True, max_patients=4),

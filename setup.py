@@ -31,16 +31,24 @@ CSRC = ROOT / "brainseg" / "layers" / "csrc"
 
 
 def find_cuda_home() -> Optional[str]:
-    """Locate a CUDA toolkit: env vars first, then ``nvcc`` on PATH, then /usr/local/cuda."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        path = os.environ.get(var)
-        if path and Path(path, "bin", "nvcc").exists():
-            return path
+    """Locate a CUDA toolkit: env vars first, then ``nvcc`` on PATH, then /usr/local/cuda.
+
+    A candidate counts only if it holds ``bin/nvcc`` and ``include/cuda_runtime.h``:
+    an ``nvcc`` on PATH may be a wrapper script (e.g. /usr/local/bin/nvcc) whose
+    parent directory is not the toolkit.
+    """
+
+    def is_toolkit(path: Path) -> bool:
+        return (path / "bin" / "nvcc").exists() and (path / "include" / "cuda_runtime.h").exists()
+
+    candidates = [os.environ.get(var) for var in ("CUDA_HOME", "CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return str(Path(nvcc).resolve().parent.parent)
-    if Path("/usr/local/cuda/bin/nvcc").exists():
-        return "/usr/local/cuda"
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    candidates.append("/usr/local/cuda")
+    for path in candidates:
+        if path and is_toolkit(Path(path)):
+            return path
     return None
 
 

@@ -5,6 +5,7 @@ import torch
 
 from brainseg.modeling.losses import BCEDiceLoss
 from brainseg.modeling.nets import NET_REGISTRY, ResUNet, UNet, UNeXt, build_net
+from brainseg.modeling.nets.layers import ConvBN
 from brainseg.modeling.nets.unext import shift_tokens
 
 UNEXT_REFERENCE_PARAMS = 1_471_921  # official UNeXt, 3 input channels, 1 class
@@ -113,6 +114,30 @@ def test_channels_last_matches_contiguous(name):
         net.to(memory_format=torch.channels_last)
         got = net(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_bn_folds_exactly_in_eval(bias):
+    """Eval mode folds BN into the conv: same output and same gradients as conv then BN."""
+    torch.manual_seed(0)
+    layer = ConvBN(3, 5, 3, stride=2, bias=bias)
+    with torch.no_grad():
+        layer.norm.running_mean.uniform_(-1, 1)
+        layer.norm.running_var.uniform_(0.5, 2)
+        layer.norm.weight.uniform_(-2, 2)
+        layer.norm.bias.uniform_(-1, 1)
+    layer.eval()
+    x = torch.randn(2, 3, 9, 11)
+    folded = layer(x)
+    unfolded = layer.norm(layer.conv(x))
+    assert folded.shape == (2, 5, 5, 6)
+    torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(folded.sum(), [layer.conv.weight, layer.norm.weight])
+    expected = torch.autograd.grad(unfolded.sum(), [layer.conv.weight, layer.norm.weight])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    layer.train()  # training uses batch statistics, not the running ones
+    torch.testing.assert_close(layer(x).mean((0, 2, 3)), layer.norm.bias, rtol=1e-4, atol=1e-4)
 
 
 def test_shift_tokens_known_answer():

@@ -6,12 +6,9 @@ from torch import nn
 
 from .base import UShapedNet, doubling_widths
 from .build import NET_REGISTRY
+from .layers import ConvBN
 
 __all__ = ["ResUNet", "ResidualUnit"]
-
-
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
 class ResidualUnit(nn.Module):
@@ -31,15 +28,14 @@ class ResidualUnit(nn.Module):
             pre_activation: use the pre-activation branch (BN-ReLU before each conv).
         """
         super().__init__()
-        if pre_activation:
-            layers = [nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), _conv3x3(in_channels, out_channels, stride)]
-        else:
-            layers = [_conv3x3(in_channels, out_channels, stride)]
-        layers += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), _conv3x3(out_channels, out_channels)]
+        layers = [nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)] if pre_activation else []
+        layers += [
+            ConvBN(in_channels, out_channels, 3, stride=stride),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        ]
         self.branch = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
-        )
+        self.shortcut = ConvBN(in_channels, out_channels, 1, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.branch(x) + self.shortcut(x)

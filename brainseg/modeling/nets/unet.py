@@ -5,6 +5,7 @@ from torch import nn
 
 from .base import UShapedNet, doubling_widths
 from .build import NET_REGISTRY
+from .layers import ConvBN
 
 __all__ = ["UNet", "DoubleConv"]
 
@@ -14,11 +15,9 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            ConvBN(in_channels, out_channels, 3),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            ConvBN(out_channels, out_channels, 3),
             nn.ReLU(inplace=True),
         )
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .base import UShapedNet
 from .build import NET_REGISTRY
+from .layers import ConvBN
 
 __all__ = ["UNeXt", "ShiftedMLPBlock", "shift_tokens"]
 
@@ -75,11 +76,10 @@ class ConvStage(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm = nn.BatchNorm2d(out_channels)
+        self.conv = ConvBN(in_channels, out_channels, 3, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(F.max_pool2d(self.norm(self.conv(x)), 2))
+        return F.relu(F.max_pool2d(self.conv(x), 2), inplace=True)
 
 
 class TokenStage(nn.Module):
@@ -113,8 +113,10 @@ class DecoderStage(nn.Module):
         shift_size: int = 5,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
+        if batch_norm:
+            self.conv = ConvBN(in_channels, out_channels, 3, bias=True)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         if tokenised:
             self.block = ShiftedMLPBlock(out_channels, mlp_ratio=mlp_ratio, shift_size=shift_size)
             self.block_norm = nn.LayerNorm(out_channels)
@@ -122,8 +124,8 @@ class DecoderStage(nn.Module):
             self.block = None
 
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = F.interpolate(self.norm(self.conv(x)), scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = F.relu(x)
+        x = F.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = F.relu(x, inplace=True)
         if skip is not None:
             x = x + skip
         if self.block is None:

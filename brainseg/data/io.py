@@ -28,7 +28,7 @@ def _read_tiff(path: PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            array = np.asarray(img)
+            array = np.array(img)  # a writable copy (transforms write in place)
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise LGGDataError(f"cannot read image {path}: {e}") from None
     if array.dtype == bool:

@@ -11,6 +11,10 @@ dataloader.train.num_workers = 1
 dataloader.val.num_workers = 1
 dataloader.test.num_workers = 1
 
+# statistics of the demo images (tools: mean/std over every 5th slice)
+model.pixel_mean = [56.8, 44.7, 62.2]
+model.pixel_std = [70.1, 53.0, 73.5]
+
 optimizer.lr = 1e-3
 train.output_dir = "./output/demo_unext"
 train.max_iter = 1500

@@ -32,7 +32,8 @@ class SetCriterion(nn.Module):
     ``matcher``; the denoising outputs use their known assignment. Losses are normalised by
     the number of target objects in the (global) batch and multiplied by their weights.
     Output names are ``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_mask``,
-    ``loss_dice`` with suffixes ``_<layer>`` (aux), ``_interm``, ``_dn`` / ``_dn_<layer>``.
+    ``loss_dice`` with suffixes ``_<layer>`` (aux), ``_interm``, ``_dn`` / ``_dn_<layer>``
+    (zeros when ``outputs["denoising"]`` is None: denoising is on but the batch has no object).
 
     Args:
         num_classes: number of object classes.
@@ -135,10 +136,17 @@ class SetCriterion(nn.Module):
             losses.update(self._weighted_losses(interm, targets, self.matcher(interm, targets), num_masks, "_interm"))
         if "denoising" in outputs:
             dn = outputs["denoising"]
-            dn_num = num_masks * dn["num_groups"]
-            losses.update(self._weighted_losses(dn["outputs"], targets, dn["indices"], dn_num, "_dn"))
-            for i, aux in enumerate(dn["outputs"].get("aux_outputs", [])):
-                losses.update(self._weighted_losses(aux, targets, dn["indices"], dn_num, f"_dn_{i}"))
+            if dn is None:
+                # No object in this batch: zero denoising losses keep the loss names identical
+                # on every worker and iteration (detectron2 averages them across workers).
+                zero = outputs["pred_logits"].sum() * 0.0
+                suffixes = ["_dn"] + [f"_dn_{i}" for i in range(len(outputs.get("aux_outputs", [])))]
+                losses.update({name + suffix: zero for suffix in suffixes for name in LOSS_NAMES})
+            else:
+                dn_num = num_masks * dn["num_groups"]
+                losses.update(self._weighted_losses(dn["outputs"], targets, dn["indices"], dn_num, "_dn"))
+                for i, aux in enumerate(dn["outputs"].get("aux_outputs", [])):
+                    losses.update(self._weighted_losses(aux, targets, dn["indices"], dn_num, f"_dn_{i}"))
         return losses
 
 

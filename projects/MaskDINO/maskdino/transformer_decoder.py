@@ -243,7 +243,8 @@ class MaskDINODecoder(nn.Module):
             ``(B, Q, 4)`` normalised cxcywh of the last layer; "aux_outputs" (earlier layers,
             training only), "interm_outputs" (query selection), and in training with
             denoising, "denoising": {"outputs": same structure for the denoising queries,
-            "indices": per-image known (query, target) pairs, "num_groups"}.
+            "indices": per-image known (query, target) pairs, "num_groups"}, or None when the
+            batch has no object.
         """
         if len(multi_scale_features) != self.num_levels:
             raise ValueError(f"MaskDINODecoder: expected {self.num_levels} feature levels, got {len(multi_scale_features)}")
@@ -283,7 +284,8 @@ class MaskDINODecoder(nn.Module):
                 "indices": denoising.indices,
                 "num_groups": denoising.num_groups,
             }
-        elif self.training:
+        elif self.training and self.dn_num_queries > 0:
+            outputs["denoising"] = None
             # Keep the label embedding in the graph so DDP sees every parameter used.
             outputs["pred_logits"] = outputs["pred_logits"] + 0.0 * self.label_embedding.weight.sum()
         return outputs

@@ -1,0 +1,102 @@
+"""Build a model from a LazyConfig and load trained weights that must fit it exactly.
+
+detectron2's checkpointer only logs missing, unexpected or wrongly-shaped keys and carries on
+with partly random weights: fine for fine-tuning, wrong for inference. Here any mismatch is an
+error naming the weights file.
+"""
+import os
+from typing import Iterable, List, Optional, Tuple
+
+import torch
+from detectron2.config import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
+from brainseg.engine import BrainSegCheckpointer, CheckpointError, ConfigError, load_config
+
+__all__ = ["StrictCheckpointer", "resolve_device", "build_inference_model"]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` picks cuda when available, else cpu; an unavailable cuda is an error.
+
+    Raises:
+        ConfigError: ``device`` asks for CUDA on a machine without it.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device} but no CUDA device is available")
+    return device
+
+
+def _describe_keys(keys: List[str], what: str, limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
+    return f"{len(keys)} {what} ({shown})"
+
+
+class StrictCheckpointer(BrainSegCheckpointer):
+    """A :class:`BrainSegCheckpointer` that loads model weights only, and refuses checkpoints
+    whose keys or shapes differ from the model's."""
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> dict:
+        """Load the model weights of ``path``.
+
+        Raises:
+            CheckpointError: missing or unreadable file, or a checkpoint that does not fit.
+        """
+        if not path or not os.path.isfile(path):
+            raise CheckpointError(f"weights file not found: {path}")
+        self._path = path
+        return super().load(path, checkpointables=[] if checkpointables is None else checkpointables)
+
+    def _load_model(self, checkpoint: dict):
+        incompatible = super()._load_model(checkpoint)
+        problems = []
+        if incompatible.missing_keys:
+            problems.append(_describe_keys(incompatible.missing_keys, "keys missing from the checkpoint"))
+        if incompatible.unexpected_keys:
+            problems.append(_describe_keys(incompatible.unexpected_keys, "keys the model does not have"))
+        if incompatible.incorrect_shapes:
+            key, in_file, in_model = incompatible.incorrect_shapes[0]
+            problems.append(f"{len(incompatible.incorrect_shapes)} shape mismatches (e.g. {key}: "
+                            f"{tuple(in_file)} in the file, {tuple(in_model)} in the model)")
+        if problems:
+            raise CheckpointError(f"weights {self._path} do not match the model of the config: " + "; ".join(problems))
+        return incompatible
+
+
+def build_inference_model(
+    config_file: str,
+    weights: str,
+    overrides: Iterable[str] = (),
+    *,
+    device: Optional[str] = None,
+) -> Tuple[nn.Module, DictConfig]:
+    """Build ``cfg.model`` from a LazyConfig, load ``weights`` strictly and switch to eval mode.
+
+    Args:
+        config_file: a LazyConfig ``.py`` file (``configs/lgg/*.py``, ``projects/MaskDINO/configs/*.py``).
+        weights: a checkpoint written by ``tools/train_net.py`` (``model_best.pth`` ...).
+        overrides: ``key=value`` config overrides (strict, as in ``tools/train_net.py``).
+        device: "cpu", "cuda", or None for ``train.device`` of the config ("auto" by default).
+
+    Returns:
+        (model in eval mode on its device, the config).
+
+    Raises:
+        ConfigError: missing config file, bad override, no ``model`` in the config.
+        CheckpointError: missing/unreadable weights, or weights that do not fit the model.
+    """
+    cfg = load_config(config_file, overrides)
+    if "model" not in cfg:
+        raise ConfigError(f"config {config_file} has no 'model'")
+    train = cfg.get("train", {})
+    if device is None:
+        device = train.get("device", "auto")
+    model = instantiate(cfg.model)
+    StrictCheckpointer(model, allow_unsafe_load=train.get("allow_unsafe_checkpoint", False)).load(weights)
+    model.to(resolve_device(device))
+    model.eval()
+    return model, cfg

@@ -1,0 +1,82 @@
+"""Batched tumour-probability prediction for any model following the brainseg contract
+(eval outputs with ``sem_seg`` (2, H, W) (background, tumour) scores), with optional
+flip test-time augmentation."""
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainseg.engine import ConfigError
+from brainseg.evaluation import tumour_probability
+
+__all__ = ["TTA_FLIPS", "SlicePredictor"]
+
+# Test-time augmentation: every flip of the dihedral group of the two image axes. The flip of a
+# (C, H, W) image and of an (H, W) map are the same negative dims; each flip is its own inverse.
+TTA_FLIPS: Dict[str, Tuple[int, ...]] = {
+    "identity": (),
+    "hflip": (-1,),
+    "vflip": (-2,),
+    "hvflip": (-2, -1),
+}
+
+
+class SlicePredictor:
+    """Tumour probabilities of a batch of slices.
+
+    Without TTA, one forward pass. With ``tta=True``, four passes: the identity, the horizontal
+    flip, the vertical flip and both flips (:data:`TTA_FLIPS`); each probability map is flipped
+    back and the four are averaged (a mean of probabilities, not of logits).
+
+    Example::
+
+        model, cfg = build_inference_model("configs/lgg/unext.py", "model_best.pth")
+        predictor = SlicePredictor(model, tta=True)
+        probs = predictor([read_lgg_image(p) for p in paths])  # list of (H, W) tensors
+    """
+
+    def __init__(self, model: nn.Module, *, tta: bool = False):
+        """
+        Args:
+            model: a detectron2-style model whose eval outputs hold ``sem_seg`` (else
+                :class:`~brainseg.engine.ConfigError` at the first call).
+            tta: average over the four flips.
+        """
+        self.model = model.eval()
+        self.flips = tuple(TTA_FLIPS.values()) if tta else (TTA_FLIPS["identity"],)
+
+    @property
+    def tta_names(self) -> List[str]:
+        """Names of the passes averaged (``["identity"]`` without TTA)."""
+        return [name for name, dims in TTA_FLIPS.items() if dims in self.flips]
+
+    def _probabilities(self, images: List[torch.Tensor], dims: Tuple[int, ...]) -> List[torch.Tensor]:
+        """Tumour probabilities of ``images`` seen through the flip ``dims``, flipped back."""
+        inputs = [{"image": im.flip(dims) if dims else im, "height": im.shape[-2], "width": im.shape[-1]}
+                  for im in images]
+        probs = []
+        for output in self.model(inputs):
+            if "sem_seg" not in output:
+                raise ConfigError(f"{type(self.model).__name__} returned no 'sem_seg' (outputs: {sorted(output)}); "
+                                  "prediction needs semantic (background, tumour) scores")
+            p = tumour_probability(output["sem_seg"]).float().cpu()
+            probs.append(p.flip(dims) if dims else p)
+        return probs
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
+        """
+        Args:
+            images: (H, W, 3) uint8 slices (file channel order); sizes may differ.
+
+        Returns:
+            one float (H, W) tumour-probability tensor on the CPU per image.
+        """
+        tensors = [torch.from_numpy(np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))) for im in images]
+        if not tensors:
+            return []
+        total = self._probabilities(tensors, self.flips[0])
+        for dims in self.flips[1:]:
+            total = [a + b for a, b in zip(total, self._probabilities(tensors, dims))]
+        return [p / len(self.flips) for p in total]

@@ -1,0 +1,259 @@
+"""tools/predict.py and brainseg.inference prediction: input layouts, written masks/overlays and
+summaries, a trained-to-perfection model re-evaluating to Dice 1, failures, TTA, strict weights."""
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import instantiate
+from PIL import Image
+
+from brainseg.data import LGGDataError, load_lgg_records, read_lgg_mask
+from brainseg.engine import load_config
+from brainseg.evaluation import LGGEvaluator
+from brainseg.inference import SlicePredictor, VolumeSummary, natural_key, predict_to_folder, resolve_inputs
+from conftest import write_lgg_tree
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs/lgg/unet.py")
+TINY = ["model.net.base_channels=4", "model.net.depth=1"]
+PATIENTS = ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101"]
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+predict_tool = _load_tool("predict")
+
+
+def write_visible_tree(root: Path, *, num_slices: int = 11, size: int = 64) -> dict:
+    """``write_lgg_tree`` with images where the tumour is visible (bright FLAIR on a darker
+    background), so that a tiny net can learn the masks exactly. Returns {image path: mask}."""
+    masks = write_lgg_tree(root, patients=PATIENTS, num_slices=num_slices, size=size)
+    rng = np.random.default_rng(1)
+    for path, mask in masks.items():
+        image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        image[mask == 1, 1] = 230
+        Image.fromarray(image).save(path)
+    return masks
+
+
+def _model_inputs(paths):
+    return [{"image": torch.from_numpy(np.asarray(Image.open(p)).transpose(2, 0, 1).copy()), "height": 64,
+             "width": 64} for p in paths]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny UNet trained on 4 slices until its masks equal the truth on all 22 slices."""
+    root = tmp_path_factory.mktemp("lgg")
+    masks = write_visible_tree(root)
+    torch.manual_seed(0)
+    model = instantiate(load_config(CONFIG, TINY).model)
+    all_inputs = _model_inputs(masks)
+    for x, mask in zip(all_inputs, masks.values()):
+        x["sem_seg"] = torch.from_numpy(mask.astype(np.int64))
+    train_inputs = [x for x in all_inputs if x["sem_seg"].any()][:4]
+    truth = torch.stack([x["sem_seg"] for x in all_inputs]).bool()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for iteration in range(1, 501):
+        model.train()
+        loss = sum(model(train_inputs).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if iteration % 10 == 0:
+            model.eval()
+            with torch.no_grad():
+                predicted = torch.stack([o["sem_seg"][1] > 0.5 for o in model(all_inputs)])
+            if torch.equal(predicted, truth):
+                break
+    assert torch.equal(predicted, truth), f"the tiny net did not fit the masks: {(predicted != truth).sum()} pixels"
+    weights = root / "perfect.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    return root, masks, weights
+
+
+def _predict(capsys, *args):
+    code = predict_tool.run(["--config-file", CONFIG, "--no-progress", *[str(a) for a in args], *TINY])
+    return code, capsys.readouterr().err
+
+
+def test_resolve_inputs_layouts(tmp_path):
+    masks = write_lgg_tree(tmp_path, patients=PATIENTS, num_slices=11, size=16)
+    tree = resolve_inputs(tmp_path)
+    assert len(tree) == 22 == len(masks)
+    first = tree[:11]
+    assert [s.slice_index for s in first] == list(range(1, 12))  # numeric order: 2 before 10
+    assert {s.patient_id for s in first} == {PATIENTS[0]}
+    assert str(first[9].output_stem) == f"kaggle_3m/{PATIENTS[0]}/{PATIENTS[0]}_10"
+    assert first[0].truth_path.name == f"{PATIENTS[0]}_1_mask.tif"
+    assert [s.image_path for s in resolve_inputs(tmp_path / "kaggle_3m")] == [s.image_path for s in tree]
+
+    patient = tmp_path / "kaggle_3m" / PATIENTS[1]
+    folder = resolve_inputs(patient)
+    assert [str(s.output_stem) for s in folder[:3]] == [f"{PATIENTS[1]}_{k}" for k in (1, 2, 3)]
+    single = resolve_inputs(patient / f"{PATIENTS[1]}_4.tif")
+    assert len(single) == 1 and single[0].slice_index == 4 and str(single[0].output_stem) == f"{PATIENTS[1]}_4"
+    assert natural_key("a_2") < natural_key("a_10")
+
+    with pytest.raises(LGGDataError, match="ground-truth mask"):
+        resolve_inputs(patient / f"{PATIENTS[1]}_4_mask.tif")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LGGDataError, match="no input images .* found in .*empty"):
+        resolve_inputs(tmp_path / "empty")
+    with pytest.raises(LGGDataError, match="does not exist"):
+        resolve_inputs(tmp_path / "missing")
+    shutil.copy(patient / f"{PATIENTS[1]}_4.tif", patient / f"{PATIENTS[1]}_4.png")
+    with pytest.raises(LGGDataError, match="would write the same outputs"):
+        resolve_inputs(patient)
+
+
+def test_prediction_streams_batch_by_batch(tmp_path):
+    """Each batch is written before the next is read; no call sees more than a batch."""
+    write_lgg_tree(tmp_path / "in", patients=PATIENTS[:1], num_slices=7, size=16)
+    out, calls = tmp_path / "out", []
+
+    def predictor(images):
+        assert len(list(out.rglob("*_mask.tif"))) == sum(calls)  # earlier batches are on disk
+        calls.append(len(images))
+        return [torch.full(image.shape[:2], 0.7 if i % 2 else 0.2) for i, image in enumerate(images)]
+
+    summary = predict_to_folder(predictor, resolve_inputs(tmp_path / "in"), out, VolumeSummary(), batch_size=3,
+                                progress=False)
+    assert calls == [3, 3, 1]
+    areas = [s.area_px for s in summary.patients[PATIENTS[0]].slices]
+    assert areas == [0, 256, 0, 0, 256, 0, 0]
+
+
+def test_predict_tree_writes_masks_overlays_and_volumes(trained, tmp_path, capsys):
+    root, masks, weights = trained
+    out = tmp_path / "out"
+    code, err = _predict(capsys, "--weights", weights, "--input", root, "--output", out,
+                         "--spacing", 0.5, 0.5, 3, "--batch-size", 5)
+    assert code == 0, err
+    for image_path, truth in masks.items():
+        rel = Path(image_path).relative_to(root).with_suffix("")
+        written = np.asarray(Image.open(out / f"{rel}_mask.tif"))
+        assert written.dtype == np.uint8 and written.shape == (64, 64)
+        assert set(np.unique(written)) <= {0, 255}
+        np.testing.assert_array_equal(written, truth * 255)  # the model is perfect on these slices
+        overlay = np.asarray(Image.open(out / f"{rel}_overlay.png"))
+        assert overlay.shape == (64, 64, 3)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_slices"] == 22 and summary["num_failed"] == 0 and summary["failures"] == []
+    assert summary["spacing_mm"] == [0.5, 0.5, 3.0]
+    csv_lines = (out / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("patient,slices,slices_with_tumour,tumour_voxels,tumour_volume_mm3")
+    for patient, row, line in zip(PATIENTS, summary["patients"], csv_lines[1:]):
+        areas = [int(masks[str(root / "kaggle_3m" / patient / f"{patient}_{k}.tif")].sum()) for k in range(1, 12)]
+        assert row["patient"] == patient and row["slices"] == 11
+        assert [s["index"] for s in row["area_per_slice_px"]] == list(range(1, 12))
+        assert [s["area_px"] for s in row["area_per_slice_px"]] == areas
+        assert row["slices_with_tumour"] == sum(a > 0 for a in areas)
+        assert row["tumour_voxels"] == sum(areas)
+        assert row["tumour_volume_mm3"] == pytest.approx(sum(areas) * 0.75)
+        assert row["max_area_slice"] == f"{patient}_{int(np.argmax(areas)) + 1}"
+        assert row["max_area_px"] == max(areas)
+        assert line.endswith(" ".join(map(str, areas)))
+
+
+def test_predicted_masks_reevaluate_to_dice_one(trained, tmp_path, capsys):
+    """The written masks, fed back to the evaluator as predictions, score Dice 1 everywhere."""
+    root, _, weights = trained
+    out = tmp_path / "out"
+    assert _predict(capsys, "--weights", weights, "--input", root, "--output", out, "--no-overlays")[0] == 0
+    evaluator = LGGEvaluator("lgg_predict_test", distributed=False, compute_hd95=False)
+    evaluator.reset()
+    for record in load_lgg_records(root):
+        rel = Path(record["file_name"]).relative_to(root).with_suffix("")
+        predicted = torch.from_numpy(read_lgg_mask(out / f"{rel}_mask.tif")).float()
+        evaluator.process([record], [{"sem_seg": torch.stack([1 - predicted, predicted])}])
+    metrics = evaluator.evaluate()["lgg"]
+    assert metrics["dice_global"] == 1.0 and metrics["iou_global"] == 1.0
+    assert metrics["dice_volume_mean"] == 1.0 and metrics["dice_slice_mean"] == 1.0
+
+
+def test_bad_files_are_listed_and_the_others_processed(trained, tmp_path, capsys):
+    root, masks, weights = trained
+    folder = tmp_path / "slices"
+    shutil.copytree(root / "kaggle_3m" / PATIENTS[0], folder)
+    (folder / f"{PATIENTS[0]}_20.tif").write_bytes(b"not a tiff at all")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "gray_1.png")
+    out = tmp_path / "out"
+    code, err = _predict(capsys, "--weights", weights, "--input", folder, "--output", out)
+    assert code == 1
+    assert "2 input file(s) failed" in err
+    assert f"cannot read image {folder / f'{PATIENTS[0]}_20.tif'}" in err
+    assert f"image {folder / 'gray_1.png'} is grayscale" in err
+    assert len(list(out.glob("*_mask.tif"))) == 11 and not (out / f"{PATIENTS[0]}_20_mask.tif").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_failed"] == 2 and summary["num_slices"] == 11
+    assert {Path(f["file"]).name for f in summary["failures"]} == {f"{PATIENTS[0]}_20.tif", "gray_1.png"}
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_single_file_input_and_refused_output_folder(trained, tmp_path, capsys):
+    root, masks, weights = trained
+    image = root / "kaggle_3m" / PATIENTS[1] / f"{PATIENTS[1]}_3.tif"
+    out = tmp_path / "one"
+    assert _predict(capsys, "--weights", weights, "--input", image, "--output", out)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{PATIENTS[1]}_3_mask.tif", f"{PATIENTS[1]}_3_overlay.png",
+                                                     "summary.csv", "summary.json"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{PATIENTS[1]}_3_mask.tif")), masks[str(image)] * 255)
+    code, err = _predict(capsys, "--weights", weights, "--input", image, "--output", image.parent)
+    assert code == 1 and "would overwrite the ground truth" in err and err.count("\n") == 1
+
+
+def test_tta_is_the_mean_of_the_flipped_predictions(tmp_path):
+    masks = write_visible_tree(tmp_path, num_slices=2)
+    torch.manual_seed(1)
+    model = instantiate(load_config(CONFIG, TINY).model).eval()
+    inputs = _model_inputs(list(masks)[:3])
+    images = [x["image"].numpy().transpose(1, 2, 0) for x in inputs]
+    expected = []
+    with torch.no_grad():
+        for x in inputs:
+            passes = []
+            for dims in ((), (2,), (1,), (1, 2)):  # identity, hflip, vflip, both on (C, H, W)
+                flipped = {"image": x["image"].flip(dims) if dims else x["image"], "height": 64, "width": 64}
+                probability = model([flipped])[0]["sem_seg"][1]
+                passes.append(probability.flip([d - 1 for d in dims]) if dims else probability)
+            expected.append(torch.stack(passes).mean(0))
+    got = SlicePredictor(model, tta=True)(images)
+    plain = SlicePredictor(model)(images)
+    assert SlicePredictor(model, tta=True).tta_names == ["identity", "hflip", "vflip", "hvflip"]
+    for g, e, p in zip(got, expected, plain):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
+        assert (g - p).abs().max() > 1e-4  # a random net is not flip-invariant: TTA changed something
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path, capsys):
+    root, _, weights = trained
+    args = ["--input", root, "--output", tmp_path / "out"]
+    code, err = predict_tool.run(["--config-file", CONFIG, "--weights", str(weights), *map(str, args),
+                                  "model.net.base_channels=8", "model.net.depth=1"]), capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"weights {weights} do not match the model of the config" in err and "shape mismatches" in err
+    code, err = predict_tool.run(["--config-file", str(REPO / "configs/lgg/unext.py"), "--weights", str(weights),
+                                  *map(str, args)]), capsys.readouterr().err
+    assert code == 1 and "keys missing from the checkpoint" in err and "keys the model does not have" in err
+    code, err = _predict(capsys, "--weights", tmp_path / "nope.pth", *args)
+    assert code == 1 and f"weights file not found: {tmp_path / 'nope.pth'}" in err
+    assert not (tmp_path / "out").exists()

@@ -29,6 +29,15 @@ export_tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(export_tool)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny shapes here only lose time to thread hand-offs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def lgg_slices(tmp_path_factory):
     root = tmp_path_factory.mktemp("lgg")

@@ -52,6 +52,7 @@ def _model_inputs(paths):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
+    """One intra-op thread: the tiny shapes here only lose time to thread hand-offs."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -61,7 +61,8 @@ def load_template() -> MNITemplate:
     volumes = {}
     for kind in ("t1", "gm", "wm"):
         image = nib.load(_template_path(kind))
-        volumes[kind] = np.ascontiguousarray(np.asarray(image.dataobj, dtype=np.uint8).transpose(2, 1, 0))
+        data = np.asarray(image.dataobj, dtype=np.float32).transpose(2, 1, 0)
+        volumes[kind] = np.ascontiguousarray(np.round(data * (255 / data.max())).astype(np.uint8))
         affine = image.affine
     if not np.allclose(affine[:3, :3], np.eye(3)):
         raise ValueError("expected the 1 mm MNI152 template with an axis-aligned affine")
@@ -313,6 +314,75 @@ def _contrasts(
     return pre, flair, post, flair_gm
 
 
+def _paint_lesions(
+    rng: np.random.Generator,
+    level: np.ndarray,
+    points: np.ndarray,
+    signals: Tuple[np.ndarray, np.ndarray, np.ndarray],
+    flair_gm: float,
+) -> None:
+    """Paint the lesion where ``level`` > 0, in place: bright in FLAIR, darker in T1, rarely enhancing.
+
+    Args:
+        rng: random generator.
+        level: lesion level per point (> 0 inside); the margin gets a softer paint.
+        points: scanner-frame mm of the points, (3, N).
+        signals: pre-contrast, FLAIR and post-contrast signals, modified in place.
+        flair_gm: FLAIR grey-matter level (the lesion is brighter).
+    """
+    pre, flair, post = signals
+    inside = np.flatnonzero(level > 0)
+    lesion_points = points[:, inside]
+    weight = 0.4 + 0.6 * _smoothstep(level[inside] / 0.3)
+    texture = 1 + 0.07 * _SmoothNoise(rng, wavelength=rng.uniform(8, 16))(lesion_points)
+    lesion_flair = flair_gm * rng.uniform(1.2, 1.6) * texture
+    flair[inside] = flair[inside] * (1 - weight) + weight * lesion_flair
+    t1_drop = 1 - rng.uniform(0.1, 0.3) * weight * texture
+    pre[inside] *= t1_drop
+    post[inside] *= t1_drop
+    if rng.random() < 0.2:  # patchy enhancement in a few patients
+        patches = np.clip(_SmoothNoise(rng, wavelength=rng.uniform(8, 15))(lesion_points) - 0.7, 0, 0.6)
+        post[inside] += rng.uniform(0.4, 0.7) * weight * patches
+
+
+def _acquire(
+    rng: np.random.Generator, signals: Tuple[np.ndarray, ...], points: np.ndarray, head: np.ndarray
+) -> List[np.ndarray]:
+    """Bias field, Rician noise (inside the head), gain and uint8 quantisation of each signal.
+
+    In a few patients a missing sequence is replaced by FLAIR, as in the real dataset.
+
+    Returns:
+        One uint8 array per signal.
+    """
+    bias = _bias_field(rng, points, amplitude=rng.uniform(0.15, 0.35))
+    sigma = rng.uniform(0.02, 0.045)
+    channels = []
+    for signal in signals:
+        signal = signal * bias * rng.uniform(0.95, 1.05)
+        noise = rng.standard_normal(size=(2, len(signal)), dtype=np.float32) * (sigma * head)
+        signal = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)
+        channels.append(np.clip(np.round(255 * rng.uniform(0.85, 1.0) * signal), 0, 255).astype(np.uint8))
+    missing = rng.random()
+    if missing < 0.08:
+        channels[0] = channels[1]
+    elif missing < 0.16:
+        channels[2] = channels[1]
+    return channels
+
+
+def _lesion_facts(pose: _Pose, lesion: _Lesion) -> Dict[str, str]:
+    """Side and lobe of a lesion, for ``data.csv`` (coarse MNI rules)."""
+    x, y, z = pose.to_mni @ lesion.center + pose.center
+    if y > 5:
+        lobe = "Frontal Lobe"
+    elif y < -65:
+        lobe = "Occipital Lobe"
+    else:
+        lobe = "Temporal Lobe" if z < 5 else "Parietal Lobe"
+    return {"laterality": "Right" if x > 0 else "Left", "tumor_location": lobe}
+
+
 def render_patient(
     rng: np.random.Generator, *, num_slices_range: Tuple[int, int] = (20, 40)
 ) -> Tuple[np.ndarray, np.ndarray, Dict[str, str]]:
@@ -352,48 +422,14 @@ def render_patient(
     shell = _head_shell(rng, dist, points)
     pre, flair, post, flair_gm = _contrasts(rng, tissue, shell)
 
-    # Lesions: the mask is exactly where they are painted; bright in FLAIR, darker in T1.
+    # The mask is exactly where the lesion is painted (inside the brain hull).
     level = np.max([lesion.field(points, tissue) for lesion in lesions], axis=0)
-    in_lesion = np.flatnonzero((level > 0) & (dist < -1.0))
-    lesion_points = points[:, in_lesion]
-    weight = 0.4 + 0.6 * _smoothstep(level[in_lesion] / 0.3)
-    texture = 1 + 0.07 * _SmoothNoise(rng, wavelength=rng.uniform(8, 16))(lesion_points)
-    lesion_flair = flair_gm * rng.uniform(1.2, 1.6) * texture
-    flair[in_lesion] = flair[in_lesion] * (1 - weight) + weight * lesion_flair
-    t1_drop = 1 - rng.uniform(0.1, 0.3) * weight * texture
-    pre[in_lesion] *= t1_drop
-    post[in_lesion] *= t1_drop
-    if rng.random() < 0.2:  # patchy enhancement in a few patients
-        patches = np.clip(_SmoothNoise(rng, wavelength=rng.uniform(8, 15))(lesion_points) - 0.7, 0, 0.6)
-        post[in_lesion] += rng.uniform(0.4, 0.7) * weight * patches
+    level[dist >= -1.0] = -1.0
+    _paint_lesions(rng, level, points, (pre, flair, post), flair_gm)
+    channels = _acquire(rng, (pre, flair, post), points, shell["head"])
 
-    # Acquisition: bias field, Rician noise inside the head, gain; a missing sequence -> FLAIR copy.
-    bias = _bias_field(rng, points, amplitude=rng.uniform(0.15, 0.35))
-    sigma = rng.uniform(0.02, 0.045)
-    channels = []
-    for signal in (pre, flair, post):
-        signal = signal * bias * rng.uniform(0.95, 1.05)
-        noise = rng.standard_normal(size=(2, len(head)), dtype=np.float32) * (sigma * shell["head"])
-        signal = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)
-        channel = np.zeros(int(np.prod(grid_shape)), dtype=np.uint8)
-        channel[head] = np.clip(np.round(255 * rng.uniform(0.85, 1.0) * signal), 0, 255)
-        channels.append(channel)
-    missing = rng.random()
-    if missing < 0.08:
-        channels[0] = channels[1]
-    elif missing < 0.16:
-        channels[2] = channels[1]
-    images = np.stack(channels, axis=-1).reshape(grid_shape + (3,))
-    masks = np.zeros(int(np.prod(grid_shape)), dtype=np.uint8)
-    masks[head[in_lesion]] = 255
-
-    main = pose.to_mni @ lesions[0].center + pose.center  # MNI mm of the main lesion
-    info = {
-        "laterality": "Right" if main[0] > 0 else "Left",
-        "tumor_location": (
-            "Frontal Lobe"
-            if main[1] > 5
-            else "Occipital Lobe" if main[1] < -65 else "Temporal Lobe" if main[2] < 5 else "Parietal Lobe"
-        ),
-    }
-    return images, masks.reshape(grid_shape), info
+    images = np.zeros(grid_shape + (3,), dtype=np.uint8)
+    masks = np.zeros(grid_shape, dtype=np.uint8)
+    images.reshape(-1, 3)[head] = np.stack(channels, axis=-1)
+    masks.reshape(-1)[head[level > 0]] = 255
+    return images, masks, _lesion_facts(pose, lesions[0])

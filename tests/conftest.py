@@ -5,6 +5,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -48,3 +49,12 @@ def lgg_tree(tmp_path):
     """A 3-patient, 12-slice, 32x32 LGG tree; yields (root, {image path: mask})."""
     masks = write_lgg_tree(tmp_path)
     return tmp_path, masks
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: tiny shapes only lose time to thread hand-offs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

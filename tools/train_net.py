@@ -43,19 +43,10 @@ from brainseg.engine import (
     NonFiniteLossError,
     RNGStateHook,
     load_config,
+    resolve_device,
 )
 
 logger = logging.getLogger("brainseg")
-
-
-def resolve_device(cfg) -> str:
-    """``train.device``: "auto" picks cuda when available, else cpu."""
-    device = cfg.train.get("device", "auto")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={device} but no CUDA device is available")
-    return device
 
 
 def convert_epochs(cfg) -> None:
@@ -195,7 +186,7 @@ def do_train(args, cfg, model, device: str) -> dict:
 
 def main(args) -> None:
     cfg = load_config(args.config_file, args.opts)
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.train.get("device", "auto"))
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="brainseg", abbrev_name="brainseg")
     convert_epochs(cfg)

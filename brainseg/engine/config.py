@@ -3,11 +3,12 @@ import difflib
 import inspect
 from typing import Iterable, List, Optional
 
+import torch
 from detectron2.config import LazyConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "load_config", "apply_strict_overrides"]
+__all__ = ["ConfigError", "load_config", "apply_strict_overrides", "resolve_device"]
 
 _MISSING = object()
 
@@ -96,3 +97,16 @@ def load_config(config_file: str, overrides: Optional[Iterable[str]] = None) -> 
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {config_file}") from None
     return apply_strict_overrides(cfg, overrides or [])
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` picks cuda when available, else cpu; an unavailable cuda is an error.
+
+    Raises:
+        ConfigError: ``device`` asks for CUDA on a machine without it.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device} but no CUDA device is available")
+    return device

@@ -3,7 +3,7 @@ per-patient volumes), TorchScript/ONNX export, and their helpers."""
 from .browse import PredictionMasks, compose_grid, parse_grid, record_truth, tile_title
 from .export import EXPORT_FORMATS, ExportableSegmenter, ExportError, FormatCheck, export_model
 from .inputs import IMAGE_SUFFIXES, SliceInput, natural_key, resolve_inputs
-from .model import StrictCheckpointer, build_inference_model, resolve_device
+from .model import StrictCheckpointer, build_inference_model
 from .predictor import TTA_FLIPS, SlicePredictor
 from .run import check_output_folder, encode_mask_tiff, predict_to_folder
 from .samples import load_sample_slices, synthetic_slices
@@ -26,7 +26,6 @@ __all__ = [
     "resolve_inputs",
     "StrictCheckpointer",
     "build_inference_model",
-    "resolve_device",
     "TTA_FLIPS",
     "SlicePredictor",
     "check_output_folder",

@@ -13,22 +13,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
-from brainseg.engine import BrainSegCheckpointer, CheckpointError, ConfigError, load_config
+from brainseg.engine import BrainSegCheckpointer, CheckpointError, ConfigError, load_config, resolve_device
 
-__all__ = ["StrictCheckpointer", "resolve_device", "build_inference_model"]
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` picks cuda when available, else cpu; an unavailable cuda is an error.
-
-    Raises:
-        ConfigError: ``device`` asks for CUDA on a machine without it.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={device} but no CUDA device is available")
-    return device
+__all__ = ["StrictCheckpointer", "build_inference_model"]
 
 
 def _describe_keys(keys: List[str], what: str, limit: int = 3) -> str:

@@ -8,7 +8,7 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
-from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, masks_to_boxes
 from .criterion import SetCriterion
 from .pixel_decoder import MaskDINOPixelDecoder
 from .transformer_decoder import MaskDINODecoder
@@ -21,6 +21,12 @@ class MaskDINO(nn.Module):
     """Backbone -> pixel decoder -> Mask DINO decoder; set criterion in training,
     instance and semantic segmentation in inference.
 
+    The decoder's last class is a "stuff" background class (as stuff classes in Mask DINO's
+    panoptic setting): in training every image gets one extra target, the image region
+    outside all objects. Semantic inference then compares query-predicted background and
+    object maps on the same (focal-loss) score scale, with no probability threshold;
+    instance inference uses the object ("thing") classes only.
+
     Inputs follow detectron2: a list of dicts with "image" ``(C, H, W)`` (uint8 or float, in
     the channel order of ``pixel_mean``), in training "instances" (``gt_classes``,
     ``gt_boxes`` XYXY absolute, ``gt_masks`` as :class:`BitMasks`), optional "height"/"width"
@@ -29,7 +35,7 @@ class MaskDINO(nn.Module):
     Args:
         backbone: a detectron2 backbone giving the pixel decoder's input features.
         pixel_decoder: the multi-scale encoder / mask-feature module.
-        transformer_decoder: the query decoder.
+        transformer_decoder: the query decoder; ``num_classes`` = object classes + 1 (background).
         criterion: the training losses.
         pixel_mean, pixel_std: per-channel normalisation of the input image.
         size_divisibility: pad the batch to a multiple of this.
@@ -58,7 +64,13 @@ class MaskDINO(nn.Module):
             raise ValueError(f"MaskDINO: box_source must be 'head' or 'mask', got {box_source!r}")
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(f"MaskDINO: pixel_mean ({len(pixel_mean)}) and pixel_std ({len(pixel_std)}) lengths differ")
+        if transformer_decoder.num_classes < 2:
+            raise ValueError(
+                "MaskDINO: transformer_decoder.num_classes must count the object classes plus one "
+                f"background class (>= 2), got {transformer_decoder.num_classes}"
+            )
         _check_feature_shapes(backbone, pixel_decoder)
+        self.num_thing_classes = transformer_decoder.num_classes - 1
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
@@ -88,8 +100,8 @@ class MaskDINO(nn.Module):
         Returns:
             In training, a dict of weighted losses. In inference, one dict per image with
             "instances" (``pred_masks`` bool, ``pred_boxes``, ``scores``, ``pred_classes``) and
-            "sem_seg" ``(num_classes + 1, H, W)`` scores (background first), at the
-            image's "height"/"width".
+            "sem_seg" ``(K + 1, H, W)`` probabilities (background first, then the K object
+            classes), at the image's "height"/"width".
         """
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
@@ -103,26 +115,29 @@ class MaskDINO(nn.Module):
         outputs = self.transformer_decoder(multi_scale_features, mask_features)
         return self.inference(outputs, batched_inputs, images)
 
-    @staticmethod
-    def prepare_targets(instances: List[Instances], images: ImageList) -> List[Dict[str, torch.Tensor]]:
+    def prepare_targets(self, instances: List[Instances], images: ImageList) -> List[Dict[str, torch.Tensor]]:
         """Ground truth in the model's frame: labels, normalised cxcywh boxes and masks padded
-        to the batch tensor (all relative to the padded size)."""
+        to the batch tensor (all relative to the padded size), objects first, then the
+        background target (label ``num_thing_classes``: the image minus all objects)."""
         pad_h, pad_w = images.tensor.shape[-2:]
         scale = torch.tensor([pad_w, pad_h, pad_w, pad_h], dtype=torch.float32, device=images.tensor.device)
         targets = []
-        for inst in instances:
+        for inst, (height, width) in zip(instances, images.image_sizes):
             if not isinstance(inst.gt_masks, BitMasks):
                 raise TypeError(f"MaskDINO: gt_masks must be BitMasks, got {type(inst.gt_masks).__name__}")
-            masks = inst.gt_masks.tensor
+            masks = inst.gt_masks.tensor.bool()
+            background = torch.zeros((1, pad_h, pad_w), dtype=torch.bool, device=masks.device)
+            background[:, :height, :width] = True
             padded = masks.new_zeros((len(masks), pad_h, pad_w))
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            targets.append(
-                {
-                    "labels": inst.gt_classes.long(),
-                    "boxes": box_xyxy_to_cxcywh(inst.gt_boxes.tensor.float() / scale),
-                    "masks": padded,
-                }
-            )
+            padded[:, :height, :width] = masks[:, :height, :width]
+            background &= ~padded.any(dim=0, keepdim=True)
+            boxes = inst.gt_boxes.tensor.float()
+            labels = inst.gt_classes.long()
+            if background.any():
+                padded = torch.cat([padded, background])
+                boxes = torch.cat([boxes, masks_to_boxes(background)])
+                labels = torch.cat([labels, labels.new_full((1,), self.num_thing_classes)])
+            targets.append({"labels": labels, "boxes": box_xyxy_to_cxcywh(boxes / scale), "masks": padded})
         return targets
 
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
@@ -133,7 +148,7 @@ class MaskDINO(nn.Module):
             height = batched_inputs[i].get("height", image_size[0])
             width = batched_inputs[i].get("width", image_size[1])
             masks = sem_seg_postprocess(mask_logits[i], image_size, height, width)  # (Q, H, W)
-            scores = outputs["pred_logits"][i].sigmoid()  # (Q, K)
+            scores = outputs["pred_logits"][i].sigmoid()  # (Q, K + 1), background last
             result = {}
             if self.semantic_on:
                 result["sem_seg"] = semantic_inference(scores, masks)
@@ -142,7 +157,7 @@ class MaskDINO(nn.Module):
                     [images.tensor.shape[-1], images.tensor.shape[-2]] * 2, device=masks.device
                 )
                 boxes = boxes * torch.tensor([width / image_size[1], height / image_size[0]] * 2, device=masks.device)
-                result["instances"] = self.instance_inference(scores, masks, boxes, (height, width))
+                result["instances"] = self.instance_inference(scores[:, : self.num_thing_classes], masks, boxes, (height, width))
             results.append(result)
         return results
 
@@ -180,22 +195,23 @@ class MaskDINO(nn.Module):
 
 
 def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel class scores from query masks weighted by class scores.
+    """Per-pixel class probabilities from query masks weighted by class scores (Mask DINO).
 
-    The score of class ``c`` at a pixel is the largest ``score(q, c) * sigmoid(mask_q)`` over
-    queries ``q`` (a pixel belongs to ``c`` as much as its most confident query says);
-    background is one minus the best class.
+    Each class map is ``sum_q score(q, c) * sigmoid(mask_q)``; the maps are normalised to sum
+    to one per pixel (all-zero pixels count as background).
 
     Args:
-        scores: ``(Q, K)`` class probabilities.
+        scores: ``(Q, K + 1)`` class probabilities, the last class being background.
         mask_logits: ``(Q, H, W)`` mask logits.
 
     Returns:
-        ``(K + 1, H, W)`` scores in [0, 1], channel 0 = background.
+        ``(K + 1, H, W)`` probabilities, channel 0 = background, then the K object classes.
     """
-    probs = mask_logits.sigmoid()
-    foreground = torch.stack([(scores[:, c, None, None] * probs).amax(dim=0) for c in range(scores.shape[1])])
-    return torch.cat([1 - foreground.amax(dim=0, keepdim=True), foreground])
+    maps = torch.einsum("qc,qhw->chw", scores, mask_logits.sigmoid())
+    maps = torch.cat([maps[-1:], maps[:-1]])
+    total = maps.sum(dim=0, keepdim=True)
+    maps[0] = torch.where(total[0] > 0, maps[0], torch.ones_like(maps[0]))
+    return maps / maps.sum(dim=0, keepdim=True)
 
 
 def _check_feature_shapes(backbone: Backbone, pixel_decoder: MaskDINOPixelDecoder) -> None:

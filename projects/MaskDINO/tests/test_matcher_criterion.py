@@ -127,3 +127,15 @@ def test_criterion_denoising_losses_use_known_indices():
     # both denoising queries predict the exact box: zero box losses, independent of matching
     assert losses["loss_bbox_dn"] < 1e-6 and losses["loss_giou_dn"] < 1e-6
     assert losses["loss_mask_dn"] > 0 and torch.isfinite(losses["loss_dice_dn"])
+
+
+def test_criterion_zero_denoising_losses_when_batch_has_no_denoising_queries():
+    torch.manual_seed(0)
+    outputs = _outputs(1, 4, 32)
+    outputs["aux_outputs"] = [_outputs(1, 4, 32), _outputs(1, 4, 32)]
+    outputs["denoising"] = None
+    empty = {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 32, 32)}
+    losses = _criterion()(outputs, [empty])
+    dn = {k: v for k, v in losses.items() if "_dn" in k}
+    assert len(dn) == 5 * 3 and all(v == 0 for v in dn.values())
+    assert {k.replace("_dn", "") for k in dn} == {k for k in losses if "_dn" not in k}

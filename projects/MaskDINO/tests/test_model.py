@@ -8,7 +8,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
-from conftest import PROJECT_DIR, make_input, tiny_model_config
+from conftest import PROJECT_DIR, blob_masks, make_input, tiny_model_config
+from maskdino.meta_arch import semantic_inference
 
 ONE_OBJECT = [(8, 24, 10, 30)]
 TWO_OBJECTS = [(8, 24, 10, 30), (40, 56, 36, 60)]
@@ -35,9 +36,9 @@ def test_training_step_without_any_object(tiny_model):
     losses = tiny_model([make_input([], seed=3), make_input([], seed=4)])
     with_objects = tiny_model([make_input(ONE_OBJECT, seed=3), make_input([], seed=4)])
     assert set(losses) == set(with_objects)  # same names on every worker (detectron2 averages them)
-    assert all(losses[k] == 0 for k in losses if "_dn" in k)
+    # only the background target per image: every loss finite, the mask losses learn it
     assert all(torch.isfinite(v) for v in losses.values())
-    assert losses["loss_class"] > 0 and losses["loss_mask"] == 0 and losses["loss_bbox"] == 0
+    assert losses["loss_class"] > 0 and losses["loss_mask"] > 0 and losses["loss_mask_dn"] > 0
     sum(losses.values()).backward()
 
 
@@ -107,9 +108,38 @@ def test_configs_load_and_register():
     assert full.model.transformer_decoder.num_queries == 300 and full.model.transformer_decoder.num_layers == 6
     assert full.model.pixel_decoder.num_encoder_layers == 6 and full.model.transformer_decoder.hidden_dim == 256
     assert full.model.transformer_decoder.num_levels == 4 and full.model.transformer_decoder.dn_num_queries == 100
+    assert full.model.transformer_decoder.num_classes == 2  # tumour + background
     assert full.train.init_checkpoint == ""
     assert small.dataloader.train.dataset.names == "lgg_demo_train"
     assert small.model.transformer_decoder.hidden_dim == 64 and small.model.transformer_decoder.num_levels == 3
     model = instantiate(small.model)
     assert type(model) is META_ARCH_REGISTRY.get("MaskDINO")
     assert model.backbone.output_shape()["res5"].channels == 256
+
+
+def test_targets_get_the_background_as_stuff(tiny_model):
+    inputs = [make_input(TWO_OBJECTS, seed=10), make_input([], seed=11)]
+    images = tiny_model.preprocess_image(inputs)
+    with_objects, empty = tiny_model.prepare_targets([x["instances"] for x in inputs], images)
+    assert with_objects["labels"].tolist() == [0, 0, 1]
+    masks = blob_masks(TWO_OBJECTS)
+    assert torch.equal(with_objects["masks"][:2], masks)
+    assert torch.equal(with_objects["masks"][2], ~masks.any(0))
+    assert torch.allclose(with_objects["boxes"][0], torch.tensor([20 / 64, 16 / 64, 20 / 64, 16 / 64]))
+    assert empty["labels"].tolist() == [1] and empty["masks"].all()
+    assert torch.allclose(empty["boxes"], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+
+
+def test_semantic_inference_known_answer():
+    # query 0: tumour (score 0.4) on the left half; query 1: background (0.3) on the right half
+    scores = torch.tensor([[0.4, 0.01], [0.02, 0.3]])
+    logits = torch.full((2, 2, 4), -30.0)
+    logits[0, :, :2] = 30.0
+    logits[1, :, 2:] = 30.0
+    sem = semantic_inference(scores, logits)
+    assert sem.shape == (2, 2, 4)
+    assert torch.allclose(sem[1, :, :2], torch.full((2, 2), 0.4 / 0.41), atol=1e-5)
+    assert torch.allclose(sem[1, :, 2:], torch.full((2, 2), 0.02 / 0.32), atol=1e-5)
+    assert torch.allclose(sem.sum(0), torch.ones(2, 4))
+    # nothing claimed anywhere -> background
+    assert torch.equal(semantic_inference(scores, torch.full((2, 1, 1), -200.0))[:, 0, 0], torch.tensor([1.0, 0.0]))

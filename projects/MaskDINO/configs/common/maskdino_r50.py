@@ -38,7 +38,7 @@ model = L(MaskDINO)(
         norm="GN",
     ),
     transformer_decoder=L(MaskDINODecoder)(
-        num_classes=1,
+        num_classes=2,  # "tumor" + the background stuff class (always last)
         hidden_dim="${..pixel_decoder.conv_dim}",
         mask_dim="${..pixel_decoder.mask_dim}",
         num_levels="${..pixel_decoder.total_num_feature_levels}",

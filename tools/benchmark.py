@@ -18,9 +18,10 @@ images, 0/1 ``sem_seg`` with tumour blobs). Phases run in this order, each timed
 * ``training``: forward, sum of the losses, backward and an Adam step.
 
 By default glibc's malloc is tuned first (:func:`tune_glibc_malloc`; ``--no-tune-malloc``
-keeps the defaults). Reported per phase: images/s, median ms per batch, GFLOP/s (matmul/conv FLOPs counted with
-``torch.utils.flop_counter`` for one batch, divided by the median time) and the peak RSS of
-the process up to the end of the phase.
+keeps the defaults). Reported per phase: images/s, median ms per batch, median process CPU
+time per batch (all threads; with ``--threads 1`` it measures the work itself even on a busy
+machine), GFLOP/s (matmul/conv FLOPs counted with ``torch.utils.flop_counter`` for one batch,
+divided by the median time) and the peak RSS of the process up to the end of the phase.
 """
 
 import argparse
@@ -29,7 +30,9 @@ import ctypes.util
 import importlib.util
 import os
 import resource
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -98,6 +101,18 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def with_cpu_times(fn: Callable[[], object], cpu_times: List[float]) -> Callable[[], object]:
+    """Wrap ``fn`` to append the process CPU time (user + system, all threads) of each call."""
+
+    def run():
+        start = time.process_time()
+        result = fn()
+        cpu_times.append(time.process_time() - start)
+        return result
+
+    return run
+
+
 def build_phases(model: torch.nn.Module, inputs: List[Dict], *, compiled: bool) -> Dict[str, Callable[[], object]]:
     """The timed units of work, by phase name."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -143,10 +158,15 @@ def run_model_benchmark(args: argparse.Namespace) -> int:
     rows = []
     for name, fn in build_phases(model, inputs, compiled=args.compile).items():
         flops = count_flops(fn)
-        timing = benchmark({name: fn}, warmup=args.warmup, repeats=args.repeats, synchronize=synchronize)[name]
+        cpu_times: List[float] = []
+        timed = with_cpu_times(fn, cpu_times)
+        timing = benchmark({name: timed}, warmup=args.warmup, repeats=args.repeats, synchronize=synchronize)[name]
+        cpu_ms = statistics.median(cpu_times[args.warmup :]) * 1e3
         if name == "inference (compiled)" and not model.compile_inference:
             name = "inference (compile failed: eager)"
-        rows.append((name, args.batch / timing.median, timing.median * 1e3, flops / timing.median / 1e9, peak_rss_mb()))
+        rows.append(
+            (name, args.batch / timing.median, timing.median * 1e3, cpu_ms, flops / timing.median / 1e9, peak_rss_mb())
+        )
 
     net = type(getattr(model, "net", model)).__name__
     print(
@@ -156,10 +176,10 @@ def run_model_benchmark(args: argparse.Namespace) -> int:
         f"after {args.warmup} warm-up runs; glibc malloc tuned: {malloc_tuned}; "
         f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n"
     )
-    print("| phase | images/s | ms/batch | GFLOP/s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
-    for name, images_per_s, ms, gflops, rss in rows:
-        print(f"| {name} | {images_per_s:.1f} | {ms:.1f} | {gflops:.1f} | {rss:.0f} |")
+    print("| phase | images/s | ms/batch | CPU ms/batch | GFLOP/s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, images_per_s, ms, cpu_ms, gflops, rss in rows:
+        print(f"| {name} | {images_per_s:.1f} | {ms:.1f} | {cpu_ms:.0f} | {gflops:.1f} | {rss:.0f} |")
     return 0
 
 

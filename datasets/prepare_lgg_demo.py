@@ -43,10 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=_int_at_least(0, "non-negative"), default=0, help="random seed (default: 0)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
-    workers = min(2, os.cpu_count() or 1)
-    parser.add_argument(
-        "--workers", type=_int_at_least(1, "positive"), default=workers, help=f"processes (default: {workers})"
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -63,7 +59,6 @@ def main(argv=None) -> int:
             seed=args.seed,
             show_progress=not args.quiet,
             overwrite=args.force,
-            workers=args.workers,
         )
     except (FileExistsError, ValueError, OSError) as e:
         print(f"prepare_lgg_demo.py: error: {e}", file=sys.stderr)

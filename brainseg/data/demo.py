@@ -13,17 +13,15 @@ volumes come from :func:`brainseg.data.demo_render.render_patient`.
 
 import csv
 import datetime
-import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tifffile
 
-from .demo_render import load_template, render_patient
+from .demo_render import render_patient
 
 __all__ = ["generate_lgg_demo"]
 
@@ -91,27 +89,14 @@ def _write_patient(folder: str, name: str, images: np.ndarray, masks: np.ndarray
         tifffile.imwrite(stem + "_mask.tif", mask, photometric="minisblack", metadata=None)
 
 
-def _render_and_write(task: Tuple[str, str, np.random.SeedSequence, Tuple[int, int]]) -> Dict[str, str]:
+def _render_and_write(
+    root: str, name: str, patient_seed: np.random.SeedSequence, num_slices_range: Tuple[int, int]
+) -> Dict[str, str]:
     """Render patient ``name`` from its seed, write its folder under ``root``; return its CSV row."""
-    root, name, patient_seed, num_slices_range = task
     rng = np.random.default_rng(patient_seed)
     images, masks, info = render_patient(rng, num_slices_range=num_slices_range)
     _write_patient(os.path.join(root, name), name, images, masks)
     return _clinical_row(rng, name, info)
-
-
-def _run_tasks(tasks: List[tuple], workers: int, show_progress: bool) -> List[Dict[str, str]]:
-    """``_render_and_write`` over ``tasks`` in order, in ``workers`` processes (forked when possible)."""
-    from tqdm import tqdm
-
-    progress = dict(total=len(tasks), desc="LGG demo patients", disable=not show_progress)
-    if workers == 1 or len(tasks) == 1:
-        return [_render_and_write(task) for task in tqdm(tasks, **progress)]
-    load_template()  # loaded once here, shared with forked workers
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-        return list(tqdm(pool.map(_render_and_write, tasks), **progress))
 
 
 def _is_int(value, minimum: int) -> bool:
@@ -138,7 +123,6 @@ def generate_lgg_demo(
     show_progress: bool = True,
     overwrite: bool = False,
     num_slices_range: Tuple[int, int] = (20, 40),
-    workers: int = 1,
 ) -> str:
     """Write the LGG-like demo dataset in the Kaggle ``kaggle_3m`` layout.
 
@@ -154,21 +138,20 @@ def generate_lgg_demo(
         overwrite: replace an existing non-empty ``out_dir`` that holds a ``kaggle_3m`` folder
             (anything else non-empty is never replaced).
         num_slices_range: inclusive range of axial slices per patient (the real data has 20-88).
-        workers: number of processes; the files do not depend on it.
 
     Returns:
         Path of the written ``kaggle_3m`` directory.
 
     Raises:
         FileExistsError: ``out_dir`` is not empty and may not be replaced.
-        ValueError: bad ``num_patients``, ``seed``, ``num_slices_range`` or ``workers``.
+        ValueError: bad ``num_patients``, ``seed`` or ``num_slices_range``.
     """
+    from tqdm import tqdm
+
     if not _is_int(num_patients, 1) or num_patients > 1000:
         raise ValueError(f"num_patients must be an integer in [1, 1000], got {num_patients!r}")
     if not _is_int(seed, 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not _is_int(workers, 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     low, high = num_slices_range
     if not (_is_int(low, 1) and _is_int(high, low)):
         raise ValueError(f"num_slices_range must be (low, high) with 1 <= low <= high, got {num_slices_range!r}")
@@ -186,8 +169,8 @@ def generate_lgg_demo(
     try:
         root = os.path.join(staging, "kaggle_3m")
         os.makedirs(root)
-        tasks = [(root, name, patient_seed, (int(low), int(high))) for name, patient_seed in patients]
-        rows = _run_tasks(tasks, workers, show_progress)
+        progress = tqdm(patients, desc="LGG demo patients", disable=not show_progress)
+        rows = [_render_and_write(root, name, patient_seed, (int(low), int(high))) for name, patient_seed in progress]
         with open(os.path.join(root, "data.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=_CSV_COLUMNS)
             writer.writeheader()

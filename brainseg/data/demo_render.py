@@ -11,7 +11,7 @@ field and Rician noise. The mask is exactly the region where the lesion is paint
 import functools
 import importlib.util
 import os
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -102,6 +102,19 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return rz @ rx @ ry
 
 
+def _transform(matrix: np.ndarray, points: np.ndarray, offset: Optional[np.ndarray] = None) -> np.ndarray:
+    """``matrix @ points (+ offset)`` for (3, N) float32 ``points``, without BLAS.
+
+    Plain broadcasting keeps the result independent of BLAS threading (byte-identical output) and
+    avoids spinning BLAS threads on these thin products.
+    """
+    matrix = np.asarray(matrix, dtype=np.float32)
+    out = matrix[:, 0, None] * points[0] + matrix[:, 1, None] * points[1] + matrix[:, 2, None] * points[2]
+    if offset is not None:
+        out += np.asarray(offset, dtype=np.float32)[:, None]
+    return out
+
+
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3 - 2 * x)
@@ -129,7 +142,7 @@ class _SmoothNoise:
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Evaluate at ``points`` (3, N) in mm; returns (N,) float32."""
-        waves = np.cos(self.frequencies.astype(np.float32) @ points + self.phases[:, None].astype(np.float32))
+        waves = np.cos(_transform(self.frequencies, points, self.phases))
         return np.sqrt(2.0 / len(self.phases)) * waves.sum(axis=0)
 
 
@@ -171,7 +184,7 @@ class _Lesion:
             tissue: template signals at ``points`` (``wm`` probability and ``t1`` in [0, 1]); the
                 lesion prefers white matter and spares CSF (dark T1).
         """
-        offset = self.orientation.T.astype(np.float32) @ (points - self.center[:, None].astype(np.float32))
+        offset = _transform(self.orientation.T, points, -self.orientation.T @ self.center)
         radius = np.sqrt(((offset / self.radii[:, None].astype(np.float32)) ** 2).sum(axis=0))
         csf = np.clip((0.5 - tissue["t1"]) / 0.25, 0, 1)
         level = 1.0 - radius + self.wm_preference * (tissue["wm"] - 0.6) - csf
@@ -408,8 +421,7 @@ def render_patient(
     source = points.copy()
     for lesion in lesions:
         source -= lesion.displacement(points)
-    voxels = pose.to_mni[::-1].astype(np.float32) @ source  # (z, y, x) voxel indices
-    voxels += (pose.center - template.origin)[::-1, None].astype(np.float32)
+    voxels = _transform(pose.to_mni[::-1], source, (pose.center - template.origin)[::-1])  # (z, y, x) indices
     dist = ndimage.map_coordinates(
         template.hull_dist, voxels / _DIST_STEP_MM, order=1, mode="constant", cval=_DIST_OUTSIDE_MM
     )

@@ -83,8 +83,9 @@ def test_cpp_matches_pytorch_path(dtype, atol):
     names = ["output", "grad_value", "grad_locations", "grad_weights"]
     for name, a, b in zip(names, ours, ref):
         assert a.dtype == dtype and a.shape == b.shape, name
-        # grad_locations is scaled by the map size (up to 20 here): compare relative to its range.
-        tol = atol * max(1.0, b.abs().max().item()) if name == "grad_locations" else atol
+        # Rounding grows with magnitude (grad_locations is scaled by map sizes up to 20,
+        # grad_weights sums D products): the tolerance is atol relative to the range.
+        tol = atol * max(1.0, b.abs().max().item())
         assert (a - b).abs().max().item() <= tol, name
     # Samples far outside every map contribute nothing and get zero gradients.
     far = (loc[..., 0] < -1) & (loc[..., 1] > 2)

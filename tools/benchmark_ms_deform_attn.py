@@ -17,6 +17,7 @@ Usage::
     python tools/benchmark_ms_deform_attn.py [--threads 2] [--repeats 15] [--queries 1000]
 """
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def main() -> int:
         print("peer not installed (torch-ms-deform-attn==0.1.1): comparing ours with pytorch only")
     else:
         ops["peer"] = peer
+    load_before = os.getloadavg()[0]
     print(
         f"CPU: {cpu_model_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"N={args.batch}, Lq={args.queries}, {args.heads} heads x {args.channels} ch, {args.points} points, "
@@ -145,6 +147,7 @@ def main() -> int:
             timings = benchmark(fns, warmup=args.warmup, repeats=args.repeats)
             print(f"\n{case}, {label}\n")
             print(format_table(timings, baseline="pytorch"))
+    print(f"\nload average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -2,13 +2,13 @@
 // Every check raises a c10::Error (a RuntimeError in Python) naming the argument.
 #include "ms_deform_attn/ms_deform_attn.h"
 
-#include "ms_deform_attn/cpu/ms_deform_attn_cpu.h"
-#ifdef WITH_CUDA
-#include "ms_deform_attn/cuda/ms_deform_attn_cuda.h"
-#endif
+#include "ms_deform_attn/backends.h"
 
 namespace brainseg {
 namespace {
+
+constexpr const char* kNoCuda =
+    "ms_deform_attn: brainseg._C was built without CUDA (reinstall with FORCE_CUDA=1)";
 
 void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& value) {
   TORCH_CHECK(t.defined(), "ms_deform_attn: ", name, " is undefined");
@@ -23,12 +23,8 @@ void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::
 // Checks everything the kernels rely on. Level geometry (positive sizes,
 // level_start_index == exclusive cumsum, total == S) is checked for CPU tensors
 // only: reading CUDA tensors back would synchronise the device on every call.
-void check_inputs(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+void check_inputs(const MSDeformAttnInputs& in) {
+  const auto& [value, spatial_shapes, level_start_index, sampling_locations, attention_weights] = in;
   check_tensor(value, "value (N, S, M, D)", 4, value);
   check_tensor(spatial_shapes, "spatial_shapes (L, 2)", 2, value);
   check_tensor(level_start_index, "level_start_index (L,)", 1, value);
@@ -101,18 +97,18 @@ at::Tensor ms_deform_attn_forward(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
-  check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const MSDeformAttnInputs in{
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights};
+  check_inputs(in);
   if (value.is_cuda()) {
 #ifdef WITH_CUDA
-    return ms_deform_attn_forward_cuda(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    return ms_deform_attn_forward_cuda(in);
 #else
-    TORCH_CHECK(false, "ms_deform_attn: brainseg._C was built without CUDA (reinstall with FORCE_CUDA=1)");
+    TORCH_CHECK(false, kNoCuda);
 #endif
   }
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
-  return ms_deform_attn_forward_cpu(
-      value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  return ms_deform_attn_forward_cpu(in);
 }
 
 std::vector<at::Tensor> ms_deform_attn_backward(
@@ -122,7 +118,9 @@ std::vector<at::Tensor> ms_deform_attn_backward(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
-  check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const MSDeformAttnInputs in{
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights};
+  check_inputs(in);
   const auto loc = sampling_locations.sizes();
   const auto expected = std::vector<int64_t>{loc[0], loc[1], value.size(2) * value.size(3)};
   TORCH_CHECK(
@@ -135,15 +133,13 @@ std::vector<at::Tensor> ms_deform_attn_backward(
       value.device());
   if (value.is_cuda()) {
 #ifdef WITH_CUDA
-    return ms_deform_attn_backward_cuda(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output);
+    return ms_deform_attn_backward_cuda(in, grad_output);
 #else
-    TORCH_CHECK(false, "ms_deform_attn: brainseg._C was built without CUDA (reinstall with FORCE_CUDA=1)");
+    TORCH_CHECK(false, kNoCuda);
 #endif
   }
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
-  return ms_deform_attn_backward_cpu(
-      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output);
+  return ms_deform_attn_backward_cpu(in, grad_output);
 }
 
 bool ms_deform_attn_has_cuda() {

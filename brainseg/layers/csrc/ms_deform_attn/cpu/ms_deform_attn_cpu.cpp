@@ -9,16 +9,15 @@
 // Backward parallelises over (n, m): the grad_value rows of head m in image n are
 // touched by that task only, so no atomics are needed and the result is
 // deterministic; grad_locations / grad_weights of a sample belong to one task too.
-#include "ms_deform_attn/cpu/ms_deform_attn_cpu.h"
-
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "ms_deform_attn/backends.h"
 #include "ms_deform_attn/bilinear.h"
-#include "ms_deform_attn/sizes.h"
+#include "ms_deform_attn/kernel_args.h"
 
 namespace brainseg {
 namespace {
@@ -26,8 +25,8 @@ namespace {
 using msda::BilinearCorners;
 using msda::bilinear_coordinate_grad;
 using msda::bilinear_corners;
-using msda::get_sizes;
-using msda::Sizes;
+using msda::BackwardArgs;
+using msda::ForwardArgs;
 
 // out[d] += sum_k coef[k] * v_k[d]
 template <typename scalar_t>
@@ -86,14 +85,8 @@ inline void backward_corners(
 }
 
 template <typename scalar_t>
-void forward_kernel(
-    const Sizes& s,
-    const scalar_t* value,
-    const int64_t* spatial_shapes,
-    const int64_t* level_start_index,
-    const scalar_t* sampling_locations,
-    const scalar_t* attention_weights,
-    scalar_t* output) {
+void forward_kernel(const ForwardArgs<scalar_t>& args, scalar_t* output) {
+  const msda::Sizes& s = args.s;
   const int64_t samples_per_task = s.num_levels * s.num_points;
   const int64_t row_stride = s.num_heads * s.channels;  // between positions of one head
   // Aim for tasks of ~16k multiply-adds so scheduling overhead stays negligible.
@@ -106,13 +99,13 @@ void forward_kernel(
       const int64_t n = task / (s.num_query * s.num_heads);
       scalar_t* out = output + task * s.channels;
       std::fill(out, out + s.channels, scalar_t(0));
-      const scalar_t* loc = sampling_locations + task * samples_per_task * 2;
-      const scalar_t* weight = attention_weights + task * samples_per_task;
+      const scalar_t* loc = args.sampling_locations + task * samples_per_task * 2;
+      const scalar_t* weight = args.attention_weights + task * samples_per_task;
       for (int64_t level = 0; level < s.num_levels; ++level) {
-        const int64_t height = spatial_shapes[2 * level];
-        const int64_t width = spatial_shapes[2 * level + 1];
+        const int64_t height = args.spatial_shapes[2 * level];
+        const int64_t width = args.spatial_shapes[2 * level + 1];
         const scalar_t* level_value =
-            value + (n * s.num_value + level_start_index[level]) * row_stride + head * s.channels;
+            args.value + (n * s.num_value + args.level_start_index[level]) * row_stride + head * s.channels;
         for (int64_t p = 0; p < s.num_points; ++p, loc += 2, ++weight) {
           if (!bilinear_corners(loc[0], loc[1], height, width, c)) {
             continue;
@@ -132,17 +125,8 @@ void forward_kernel(
 }
 
 template <typename scalar_t>
-void backward_kernel(
-    const Sizes& s,
-    const scalar_t* value,
-    const int64_t* spatial_shapes,
-    const int64_t* level_start_index,
-    const scalar_t* sampling_locations,
-    const scalar_t* attention_weights,
-    const scalar_t* grad_output,
-    scalar_t* grad_value,
-    scalar_t* grad_locations,
-    scalar_t* grad_weights) {
+void backward_kernel(const ForwardArgs<scalar_t>& args, const BackwardArgs<scalar_t>& grads) {
+  const msda::Sizes& s = args.s;
   const int64_t samples_per_task = s.num_levels * s.num_points;
   const int64_t row_stride = s.num_heads * s.channels;
   at::parallel_for(0, s.batch * s.num_heads, 1, [&](int64_t begin, int64_t end) {
@@ -156,17 +140,18 @@ void backward_kernel(
       const int64_t head = pair % s.num_heads;
       for (int64_t q = 0; q < s.num_query; ++q) {
         const int64_t task = (n * s.num_query + q) * s.num_heads + head;
-        const scalar_t* grad = grad_output + task * s.channels;
-        const scalar_t* loc = sampling_locations + task * samples_per_task * 2;
-        const scalar_t* weight = attention_weights + task * samples_per_task;
-        scalar_t* grad_loc = grad_locations + task * samples_per_task * 2;
-        scalar_t* grad_weight = grad_weights + task * samples_per_task;
+        const scalar_t* grad = grads.grad_output + task * s.channels;
+        const scalar_t* loc = args.sampling_locations + task * samples_per_task * 2;
+        const scalar_t* weight = args.attention_weights + task * samples_per_task;
+        scalar_t* grad_loc = grads.grad_locations + task * samples_per_task * 2;
+        scalar_t* grad_weight = grads.grad_weights + task * samples_per_task;
         for (int64_t level = 0; level < s.num_levels; ++level) {
-          const int64_t height = spatial_shapes[2 * level];
-          const int64_t width = spatial_shapes[2 * level + 1];
-          const int64_t offset = (n * s.num_value + level_start_index[level]) * row_stride + head * s.channels;
-          const scalar_t* level_value = value + offset;
-          scalar_t* level_grad_value = grad_value + offset;
+          const int64_t height = args.spatial_shapes[2 * level];
+          const int64_t width = args.spatial_shapes[2 * level + 1];
+          const int64_t offset =
+              (n * s.num_value + args.level_start_index[level]) * row_stride + head * s.channels;
+          const scalar_t* level_value = args.value + offset;
+          scalar_t* level_grad_value = grads.grad_value + offset;
           for (int64_t p = 0; p < s.num_points; ++p, loc += 2, ++weight, grad_loc += 2, ++grad_weight) {
             if (!bilinear_corners(loc[0], loc[1], height, width, c)) {
               continue;  // outputs are zero-initialised
@@ -196,52 +181,26 @@ void backward_kernel(
 
 }  // namespace
 
-at::Tensor ms_deform_attn_forward_cpu(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
-  const Sizes s = get_sizes(value, sampling_locations);
-  auto output = at::empty({s.batch, s.num_query, s.num_heads * s.channels}, value.options());
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-    forward_kernel<scalar_t>(
-        s,
-        value.const_data_ptr<scalar_t>(),
-        spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(),
+at::Tensor ms_deform_attn_forward_cpu(const MSDeformAttnInputs& in) {
+  auto output = msda::empty_output(in);
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+    forward_kernel(
+        msda::forward_args<scalar_t>(in),
         output.mutable_data_ptr<scalar_t>());
   });
   return output;
 }
 
 std::vector<at::Tensor> ms_deform_attn_backward_cpu(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const MSDeformAttnInputs& in,
     const at::Tensor& grad_output) {
-  const Sizes s = get_sizes(value, sampling_locations);
-  auto grad_value = at::zeros_like(value);
-  auto grad_locations = at::zeros_like(sampling_locations);
-  auto grad_weights = at::zeros_like(attention_weights);
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-    backward_kernel<scalar_t>(
-        s,
-        value.const_data_ptr<scalar_t>(),
-        spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(),
-        grad_output.const_data_ptr<scalar_t>(),
-        grad_value.mutable_data_ptr<scalar_t>(),
-        grad_locations.mutable_data_ptr<scalar_t>(),
-        grad_weights.mutable_data_ptr<scalar_t>());
+  auto grads = msda::zero_gradients(in);
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+    backward_kernel(
+        msda::forward_args<scalar_t>(in),
+        msda::backward_args<scalar_t>(grad_output, grads));
   });
-  return {grad_value, grad_locations, grad_weights};
+  return grads;
 }
 
 }  // namespace brainseg

@@ -273,8 +273,8 @@ def test_benchmark_helper_interleaves_and_reports_medians():
     order = []
     timings = benchmark({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, repeats=3)
     assert order == ["a", "b"] + ["a", "b"] * 3  # warm-up, then round-robin repetitions
-    assert [len(t.times) for t in timings.values()] == [3, 3]
-    assert all(t.min <= t.median <= t.max for t in timings.values())
+    assert [(len(t.times), len(t.cpu_times)) for t in timings.values()] == [(3, 3), (3, 3)]
+    assert all(t.min <= t.median <= t.max and t.cpu_median >= 0 for t in timings.values())
     table = format_table(timings, baseline="a").splitlines()
     assert len(table) == 4 and table[2].startswith("| a |") and table[2].endswith(" 1.00x |")
     with pytest.raises(ValueError, match="repeats"):

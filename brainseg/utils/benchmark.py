@@ -3,7 +3,9 @@
 Candidates are warmed up, then timed round-robin ("interleaved"): repetition r runs
 every candidate once before repetition r + 1 starts, so slow drifts of a shared
 machine (other processes, thermal state) hit all candidates alike. The median of
-the repetitions is reported.
+the repetitions is reported, as wall-clock time and as process CPU time (all
+threads); on a shared machine the CPU time is the steadier of the two, while the wall
+time shows what multi-threading buys.
 
 Example::
 
@@ -22,14 +24,19 @@ __all__ = ["Timing", "benchmark", "format_table"]
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall-clock times of one candidate, in seconds."""
+    """Wall-clock ``times`` and process CPU ``cpu_times`` of one candidate, in seconds."""
 
     name: str
     times: Tuple[float, ...]
+    cpu_times: Tuple[float, ...] = ()
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_times)
 
     @property
     def min(self) -> float:
@@ -71,18 +78,21 @@ def benchmark(
         for _ in range(warmup):
             fn()
     times: Dict[str, list] = {name: [] for name in candidates}
+    cpu_times: Dict[str, list] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: Timing(name, tuple(t)) for name, t in times.items()}
+            cpu_times[name].append(time.process_time() - cpu_start)
+    return {name: Timing(name, tuple(times[name]), tuple(cpu_times[name])) for name in candidates}
 
 
 def format_table(timings: Mapping[str, Timing], *, baseline: Optional[str] = None) -> str:
-    """Render timings as a Markdown table (median/min in ms, speed-up vs ``baseline``).
+    """Render timings as a Markdown table (wall median/min and CPU median in ms,
+    speed-up of the wall median vs ``baseline``).
 
     Args:
         timings: as returned by :func:`benchmark`.
@@ -95,8 +105,8 @@ def format_table(timings: Mapping[str, Timing], *, baseline: Optional[str] = Non
     Raises:
         KeyError: if ``baseline`` is not one of the timed candidates.
     """
-    header = "| candidate | median ms | min ms |"
-    separator = "|---|---:|---:|"
+    header = "| candidate | median ms | min ms | CPU ms |"
+    separator = "|---|---:|---:|---:|"
     if baseline is not None:
         if baseline not in timings:
             raise KeyError(f"format_table: baseline {baseline!r} not in {list(timings)}")
@@ -104,7 +114,8 @@ def format_table(timings: Mapping[str, Timing], *, baseline: Optional[str] = Non
         separator += "---:|"
     rows = [header, separator]
     for name, t in timings.items():
-        row = f"| {name} | {t.median * 1e3:.2f} | {t.min * 1e3:.2f} |"
+        cpu = f"{t.cpu_median * 1e3:.2f}" if t.cpu_times else "-"
+        row = f"| {name} | {t.median * 1e3:.2f} | {t.min * 1e3:.2f} | {cpu} |"
         if baseline is not None:
             row += f" {timings[baseline].median / t.median:.2f}x |"
         rows.append(row)

@@ -11,7 +11,7 @@ from .instances import annotations_to_mask, connected_components
 from .io import read_lgg_image, read_lgg_mask
 from .samplers import AUG_SEED_KEY
 
-__all__ = ["LGGDatasetMapper", "build_lgg_augmentations", "mask_to_instances", "Rot90Transform", "RandomRot90"]
+__all__ = ["LGGDatasetMapper", "build_lgg_augmentations", "build_lgg_test_augmentations", "mask_to_instances", "Rot90Transform", "RandomRot90"]
 
 
 class Rot90Transform(T.Transform):
@@ -65,6 +65,7 @@ def build_lgg_augmentations(
     rotation_degrees: float = 15.0,
     brightness: Tuple[float, float] = (0.9, 1.1),
     contrast: Tuple[float, float] = (0.9, 1.1),
+    resize_to: Optional[int] = None,
 ) -> List[T.Augmentation]:
     """The training augmentations for LGG slices (all detectron2 transforms).
 
@@ -76,6 +77,8 @@ def build_lgg_augmentations(
         rot90_prob: probability of a random quarter-turn rotation (0 disables).
         rotation_degrees: small-angle rotation range (+/-), 0 disables.
         brightness, contrast: intensity factor ranges, (1, 1) disables.
+        resize_to: finally resize to ``resize_to`` x ``resize_to`` (see
+            :func:`build_lgg_test_augmentations`); None keeps the size.
 
     Returns:
         list of detectron2 Augmentations.
@@ -93,7 +96,14 @@ def build_lgg_augmentations(
         augs.append(T.RandomBrightness(*brightness))
     if tuple(contrast) != (1.0, 1.0):
         augs.append(T.RandomContrast(*contrast))
-    return augs
+    return augs + build_lgg_test_augmentations(resize_to=resize_to)
+
+
+def build_lgg_test_augmentations(*, resize_to: Optional[int] = None) -> List[T.Augmentation]:
+    """Evaluation-time transforms: none, or a resize to ``resize_to`` x ``resize_to`` (bilinear
+    image, nearest mask) to run a model at a lower resolution. Models return predictions at the
+    record's original ``height``/``width``, so metrics are always computed at full resolution."""
+    return [T.Resize((resize_to, resize_to))] if resize_to else []
 
 
 class LGGDatasetMapper:
@@ -108,9 +118,9 @@ class LGGDatasetMapper:
     def __init__(self, *, is_train: bool, augmentations: Optional[Sequence[T.Augmentation]] = None):
         """
         Args:
-            is_train: training mode (apply augmentations, build ``instances``).
-            augmentations: detectron2 augmentations applied in training; default
-                :func:`build_lgg_augmentations`.
+            is_train: training mode (random augmentations by default, ``instances`` built).
+            augmentations: detectron2 augmentations; default :func:`build_lgg_augmentations`
+                in training and none in evaluation.
         """
         self.is_train = is_train
         if augmentations is None:
@@ -126,7 +136,7 @@ class LGGDatasetMapper:
         else:
             mask = annotations_to_mask(record.get("annotations", []), height, width)
         aug_seed = record.pop(AUG_SEED_KEY, None)
-        if self.is_train:
+        if self.augmentations.augs:
             if aug_seed is not None:
                 # detectron2 augmentations draw from numpy's global RNG: make them a function
                 # of the sample's stream position (see brainseg.data.samplers).

@@ -292,3 +292,16 @@ def test_converter_cli_writes_three_files(lgg_tree, tmp_path):
                            "--out", str(out), "--polygons"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["lgg_test.json", "lgg_train.json", "lgg_val.json"]
+
+
+def test_mapper_resize_for_low_resolution_runs(lgg_tree):
+    from brainseg.data import build_lgg_test_augmentations
+
+    root, masks = lgg_tree
+    record = next(r for r in load_lgg_records(root) if r["annotations"])
+    out = LGGDatasetMapper(is_train=False, augmentations=build_lgg_test_augmentations(resize_to=16))(record)
+    assert out["image"].shape == (3, 16, 16) and out["sem_seg"].shape == (16, 16)
+    assert (out["height"], out["width"]) == (32, 32)  # predictions are returned at the original size
+    expected = masks[record["file_name"]][::2, ::2]  # nearest-neighbour halving of the mask
+    assert (out["sem_seg"].numpy() == expected).mean() > 0.9
+    assert build_lgg_test_augmentations() == []

@@ -252,3 +252,43 @@ def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path, capsy
     code, err = _predict(capsys, "--weights", tmp_path / "nope.pth", *args)
     assert code == 1 and f"weights file not found: {tmp_path / 'nope.pth'}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_fuzzed_inputs_end_in_a_listed_failure_or_a_valid_mask(trained, tmp_path, capsys):
+    """Truncated, random-byte, bit-flipped, wrong-dtype and wrong-size slices: each is either
+    listed as a failure naming the file or predicted into a well-formed mask; never a crash."""
+    root, masks, weights = trained
+    source = root / "kaggle_3m" / PATIENTS[0]
+    good = (source / f"{PATIENTS[0]}_1.tif").read_bytes()
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fuzz"
+    folder.mkdir()
+    flipped = bytearray(good)
+    for i in rng.integers(8, len(good), 64):
+        flipped[i] ^= 0xFF
+    cases = {
+        "truncated": good[: len(good) // 3],
+        "random": rng.integers(0, 256, 2048, dtype=np.uint8).tobytes(),
+        "empty": b"",
+        "bitflip": bytes(flipped),
+    }
+    for k, (name, data) in enumerate(cases.items(), start=1):
+        (folder / f"fuzz_{k}.tif").write_bytes(data)
+    Image.fromarray(rng.integers(0, 60000, (64, 64), dtype=np.uint16)).save(folder / "fuzz_5.tif")
+    Image.fromarray(rng.integers(0, 255, (40, 72, 3), dtype=np.uint8)).save(folder / "fuzz_6.tif")
+    shutil.copy(source / f"{PATIENTS[0]}_2.tif", folder / "fuzz_7.tif")
+    out = tmp_path / "out"
+    code, err = _predict(capsys, "--weights", weights, "--input", folder, "--output", out)
+    summary = json.loads((out / "summary.json").read_text())
+    failed = {Path(f["file"]).name for f in summary["failures"]}
+    assert {"fuzz_1.tif", "fuzz_2.tif", "fuzz_3.tif", "fuzz_5.tif"} <= failed and "fuzz_7.tif" not in failed
+    assert code == 1 and "Traceback" not in err
+    for name in failed:
+        assert str(folder / name) in err
+    for k in range(1, 8):
+        mask_path = out / f"fuzz_{k}_mask.tif"
+        assert mask_path.exists() == (f"fuzz_{k}.tif" not in failed)
+        if mask_path.exists():
+            mask = np.asarray(Image.open(mask_path))
+            shape = np.asarray(Image.open(folder / f"fuzz_{k}.tif")).shape[:2]
+            assert mask.shape == shape and set(np.unique(mask).tolist()) <= {0, 255}

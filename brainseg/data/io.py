@@ -4,6 +4,7 @@ Every function here raises :class:`LGGDataError` with a one-line message naming 
 file, so that the dataset catalog, the COCO converter and the CLIs report bad input clearly.
 """
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -26,10 +27,13 @@ def _read_tiff(path: PathLike) -> np.ndarray:
     if not path.is_file():
         raise LGGDataError(f"file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            array = np.array(img)  # a writable copy (transforms write in place)
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            # PIL only warns about some damage ("Truncated File Read"): never pass such data on
+            warnings.simplefilter("error")
+            with Image.open(path) as img:
+                img.load()
+                array = np.array(img)  # a writable copy (transforms write in place)
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, Warning) as e:
         raise LGGDataError(f"cannot read image {path}: {e}") from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255

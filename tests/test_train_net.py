@@ -21,7 +21,7 @@ TINY = [
     "dataloader.train.dataset.names=lgg_tiny_train", "dataloader.val.dataset.names=lgg_tiny_val",
     "dataloader.test.dataset.names=lgg_tiny_test", "dataloader.train.total_batch_size=2",
     "dataloader.train.num_workers=0", "dataloader.val.num_workers=0", "dataloader.test.num_workers=0",
-    "train.eval_period=2", "train.log_period=1", "train.checkpointer.period=2", "train.overlays.enabled=False",
+    "train.eval_period=2", "train.log_period=1", "train.checkpointer.period=2", "train.overlays.max_patients=1",
 ]
 
 
@@ -68,6 +68,8 @@ def test_training_writes_the_run_files_and_results(tiny_run):
     assert _iterations(out) == [0, 1, 2, 3]
     assert "lgg/dice_volume_mean" in (out / "metrics.json").read_text()
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 3
+    overlays = list((out / "overlays").glob("*.png"))
+    assert len(overlays) == 1 and overlays[0].stat().st_size > 0
 
 
 def test_resume_continues_from_the_saved_iteration(tiny_run):

@@ -14,7 +14,7 @@ from torch import nn
 from brainseg.engine import load_config
 from brainseg.inference import ExportableSegmenter, ExportError, SlicePredictor, export_model, synthetic_slices
 from brainseg.modeling import BCEDiceLoss, BrainSegSemantic
-from conftest import write_lgg_tree
+from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 NETS = {

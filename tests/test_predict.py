@@ -15,7 +15,7 @@ from brainseg.data import LGGDataError, load_lgg_records, read_lgg_mask
 from brainseg.engine import load_config
 from brainseg.evaluation import LGGEvaluator
 from brainseg.inference import SlicePredictor, VolumeSummary, natural_key, predict_to_folder, resolve_inputs
-from conftest import write_lgg_tree
+from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/lgg/unet.py")

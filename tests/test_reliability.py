@@ -15,7 +15,7 @@ from PIL import Image
 
 from brainseg.data import LGGDataError, load_lgg_records, read_lgg_image, read_lgg_mask
 from brainseg.engine import BrainSegCheckpointer, CheckpointError
-from conftest import write_lgg_tree
+from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]

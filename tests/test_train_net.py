@@ -12,7 +12,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from brainseg.data import register_lgg_dataset
-from conftest import write_lgg_tree
+from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_util
 from brainseg.data import read_lgg_image, register_lgg_dataset
 from brainseg.inference.browse import TITLE_HEIGHT
 from brainseg.utils.overlay import PREDICTION_COLOR, TRUTH_COLOR, draw_overlay
-from conftest import write_lgg_tree
+from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "lgg_visualize_test"

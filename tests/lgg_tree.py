@@ -1,0 +1,39 @@
+"""Tiny LGG trees written on the fly in the kaggle_3m layout, for tests."""
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def write_lgg_tree(
+    root: Path,
+    *,
+    patients: Sequence[str] = ("TCGA_CS_4941_19960909", "TCGA_DU_5851_19950428", "TCGA_FG_6690_20020226"),
+    num_slices: int = 12,
+    size: int = 32,
+    seed: int = 0,
+) -> Dict[str, np.ndarray]:
+    """Write ``root/kaggle_3m/<patient>/<patient>_<k>.tif`` (+ ``_mask.tif``), k = 1..num_slices.
+
+    Images are random uint8 RGB; masks are 0/255 with one or two blobs on about half the slices.
+
+    Returns:
+        dict: image file path -> the (H, W) 0/1 mask written for it.
+    """
+    rng = np.random.default_rng(seed)
+    written = {}
+    yy, xx = np.mgrid[:size, :size]
+    for patient in patients:
+        folder = root / "kaggle_3m" / patient
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(1, num_slices + 1):
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            for _ in range(int(rng.integers(0, 3)) if k % 2 else 0):
+                cy, cx, r = rng.integers(4, size - 4), rng.integers(4, size - 4), rng.integers(2, 5)
+                mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+            Image.fromarray(image).save(folder / f"{patient}_{k}.tif")
+            Image.fromarray(mask * 255).save(folder / f"{patient}_{k}_mask.tif")
+            written[str(folder / f"{patient}_{k}.tif")] = mask
+    return written

@@ -4,7 +4,6 @@ Every function here raises :class:`LGGDataError` with a one-line message naming 
 file, so that the dataset catalog, the COCO converter and the CLIs report bad input clearly.
 """
 import os
-import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -22,18 +21,19 @@ class LGGDataError(ValueError):
 
 def _read_tiff(path: PathLike) -> np.ndarray:
     """Decode an image file fully into a numpy array, turning every decoder failure into
-    an :class:`LGGDataError` that names the file."""
+    an :class:`LGGDataError` that names the file.
+
+    Truncated or garbled files fail to decode; the callers then check shape, dtype and values.
+    Damage that leaves a well-formed file (bit flips inside uncompressed pixel data) cannot be
+    told from real data by any reader."""
     path = Path(path)
     if not path.is_file():
         raise LGGDataError(f"file not found: {path}")
     try:
-        with warnings.catch_warnings():
-            # PIL only warns about some damage ("Truncated File Read"): never pass such data on
-            warnings.simplefilter("error")
-            with Image.open(path) as img:
-                img.load()
-                array = np.array(img)  # a writable copy (transforms write in place)
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, Warning) as e:
+        with Image.open(path) as img:
+            img.load()
+            array = np.array(img)  # a writable copy (transforms write in place)
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise LGGDataError(f"cannot read image {path}: {e}") from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255

@@ -30,9 +30,7 @@ import ctypes.util
 import importlib.util
 import os
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -101,18 +99,6 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def with_cpu_times(fn: Callable[[], object], cpu_times: List[float]) -> Callable[[], object]:
-    """Wrap ``fn`` to append the process CPU time (user + system, all threads) of each call."""
-
-    def run():
-        start = time.process_time()
-        result = fn()
-        cpu_times.append(time.process_time() - start)
-        return result
-
-    return run
-
-
 def build_phases(model: torch.nn.Module, inputs: List[Dict], *, compiled: bool) -> Dict[str, Callable[[], object]]:
     """The timed units of work, by phase name."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -158,10 +144,8 @@ def run_model_benchmark(args: argparse.Namespace) -> int:
     rows = []
     for name, fn in build_phases(model, inputs, compiled=args.compile).items():
         flops = count_flops(fn)
-        cpu_times: List[float] = []
-        timed = with_cpu_times(fn, cpu_times)
-        timing = benchmark({name: timed}, warmup=args.warmup, repeats=args.repeats, synchronize=synchronize)[name]
-        cpu_ms = statistics.median(cpu_times[args.warmup :]) * 1e3
+        timing = benchmark({name: fn}, warmup=args.warmup, repeats=args.repeats, synchronize=synchronize)[name]
+        cpu_ms = timing.cpu_median * 1e3
         if name == "inference (compiled)" and not model.compile_inference:
             name = "inference (compile failed: eager)"
         rows.append(

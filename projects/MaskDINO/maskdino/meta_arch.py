@@ -1,5 +1,5 @@
 """The Mask DINO meta-architecture (Li et al. 2022, arXiv 2206.02777) for detectron2."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, masks_to_boxes
 from .criterion import SetCriterion
+from .matrix_nms import matrix_nms
 from .pixel_decoder import MaskDINOPixelDecoder
 from .transformer_decoder import MaskDINODecoder
 
@@ -41,6 +42,9 @@ class MaskDINO(nn.Module):
         size_divisibility: pad the batch to a multiple of this.
         test_topk_per_image: instances kept per image at inference.
         box_source: "head" (boxes of the box head) or "mask" (tight boxes of the masks).
+        matrix_nms_sigma: if set, decay the scores of duplicate instance masks with Matrix NMS
+            (an addition to the NMS-free Mask DINO, for short schedules whose queries have not
+            yet learned to suppress duplicates).
         instance_on, semantic_on: which inference outputs to produce.
     """
 
@@ -56,6 +60,7 @@ class MaskDINO(nn.Module):
         size_divisibility: int = 32,
         test_topk_per_image: int = 100,
         box_source: str = "head",
+        matrix_nms_sigma: Optional[float] = None,
         instance_on: bool = True,
         semantic_on: bool = True,
     ):
@@ -64,10 +69,11 @@ class MaskDINO(nn.Module):
             raise ValueError(f"MaskDINO: box_source must be 'head' or 'mask', got {box_source!r}")
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(f"MaskDINO: pixel_mean ({len(pixel_mean)}) and pixel_std ({len(pixel_std)}) lengths differ")
-        if transformer_decoder.num_classes < 2:
+        if transformer_decoder.num_classes < 2 or transformer_decoder.num_stuff_classes != 1:
             raise ValueError(
-                "MaskDINO: transformer_decoder.num_classes must count the object classes plus one "
-                f"background class (>= 2), got {transformer_decoder.num_classes}"
+                "MaskDINO: the decoder must have the object classes plus one background stuff class "
+                f"(num_classes >= 2, num_stuff_classes == 1), got num_classes={transformer_decoder.num_classes}, "
+                f"num_stuff_classes={transformer_decoder.num_stuff_classes}"
             )
         _check_feature_shapes(backbone, pixel_decoder)
         self.num_thing_classes = transformer_decoder.num_classes - 1
@@ -78,6 +84,7 @@ class MaskDINO(nn.Module):
         self.size_divisibility = size_divisibility
         self.test_topk_per_image = test_topk_per_image
         self.box_source = box_source
+        self.matrix_nms_sigma = matrix_nms_sigma
         self.instance_on = instance_on
         self.semantic_on = semantic_on
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
@@ -174,7 +181,7 @@ class MaskDINO(nn.Module):
 
         Returns:
             Instances with ``pred_masks`` (bool), ``pred_boxes``, ``scores`` = class score x mean
-            mask probability inside the mask, ``pred_classes``.
+            mask probability inside the mask (decayed by Matrix NMS when enabled), ``pred_classes``.
         """
         num_classes = scores.shape[1]
         top_scores, top_index = scores.flatten().topk(min(self.test_topk_per_image, scores.numel()))
@@ -189,8 +196,11 @@ class MaskDINO(nn.Module):
         else:
             result.pred_boxes = Boxes(boxes[query])
             result.pred_boxes.clip(tuple(image_size))
+        labels = top_index % num_classes
         result.scores = top_scores * mask_scores
-        result.pred_classes = top_index % num_classes
+        if self.matrix_nms_sigma is not None:
+            result.scores = matrix_nms(binary, result.scores, labels, sigma=self.matrix_nms_sigma)
+        result.pred_classes = labels
         return result
 
 

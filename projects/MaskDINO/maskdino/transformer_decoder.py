@@ -130,6 +130,9 @@ class MaskDINODecoder(nn.Module):
         dn_noise_scale: denoising noise scale (see :func:`build_denoising_queries`).
         initial_box: reference boxes of the selected queries: "proposal" (the encoder's box
             prediction) or "mask" (mask-enhanced: the box of the query's initial mask).
+        num_stuff_classes: the last classes are "stuff" (one region per image, e.g. the
+            background); the query selection always includes the best token of each, so an
+            image full of object tokens cannot crowd them out.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class MaskDINODecoder(nn.Module):
         dn_num_queries: int = 100,
         dn_noise_scale: float = 0.4,
         initial_box: str = "proposal",
+        num_stuff_classes: int = 0,
     ):
         super().__init__()
         if initial_box not in ("proposal", "mask"):
@@ -159,6 +163,11 @@ class MaskDINODecoder(nn.Module):
         self.dn_num_queries = dn_num_queries
         self.dn_noise_scale = dn_noise_scale
         self.initial_box = initial_box
+        if not 0 <= num_stuff_classes <= num_classes or num_stuff_classes >= num_queries:
+            raise ValueError(
+                f"MaskDINODecoder: num_stuff_classes ({num_stuff_classes}) must be in [0, num_classes] and below num_queries"
+            )
+        self.num_stuff_classes = num_stuff_classes
 
         self.enc_output = nn.Linear(hidden_dim, hidden_dim)
         self.enc_output_norm = nn.LayerNorm(hidden_dim)
@@ -204,7 +213,10 @@ class MaskDINODecoder(nn.Module):
         logits = self.class_embed(tokens)
         boxes_unsigmoid = self.bbox_embed(tokens) + proposals[None]
         scores = logits.max(dim=-1).values.masked_fill(~valid[None], float("-inf"))
-        index = scores.topk(self.num_queries, dim=1).indices  # (B, Q)
+        index = scores.topk(self.num_queries - self.num_stuff_classes, dim=1).indices
+        if self.num_stuff_classes:
+            stuff = logits[..., -self.num_stuff_classes :].masked_fill(~valid[None, :, None], float("-inf"))
+            index = torch.cat([index, stuff.argmax(dim=1)], dim=1)  # (B, Q)
         content = tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
         boxes_unsigmoid = boxes_unsigmoid.gather(1, index[..., None].expand(-1, -1, 4))
         # The supervised scores are the very scores the selection ranked by.

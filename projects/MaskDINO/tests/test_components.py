@@ -76,3 +76,48 @@ def test_encoder_proposals_centres_and_level_sizes():
     assert torch.allclose(proposals.sigmoid(), expected, atol=1e-6)
     _, valid = encoder_proposals(torch.tensor([[100, 100]]))
     assert not valid[0] and valid[101]  # centre 0.005 is outside (0.01, 0.99)
+
+
+def test_query_selection_always_keeps_the_best_stuff_token():
+    from torch import nn
+
+    from maskdino.transformer_decoder import MaskDINODecoder
+
+    class FixedLogits(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, tokens):
+            return self.logits.expand(tokens.shape[0], -1, -1)
+
+    decoder = MaskDINODecoder(
+        num_classes=2, num_stuff_classes=1, hidden_dim=8, mask_dim=8, num_queries=2, num_heads=2,
+        num_points=1, dim_feedforward=8, num_layers=1, num_levels=1, dn_num_queries=0,
+    )
+    # object scores crowd the top of the ranking; the background (last class) peaks on token 3
+    decoder.class_embed = FixedLogits(torch.tensor([[[5.0, -9.0], [4.0, -9.0], [3.0, -9.0], [-9.0, -5.0]]]))
+    memory = torch.randn(1, 4, 8)
+    _, _, interm = decoder._select_queries(memory, torch.tensor([[2, 2]]), torch.randn(1, 8, 4, 4))
+    assert interm["pred_logits"][0].tolist() == [[5.0, -9.0], [-9.0, -5.0]]
+
+
+def test_matrix_nms_decays_duplicates_only():
+    from maskdino.matrix_nms import matrix_nms
+
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True  # A
+    masks[1, :4, :4] = True  # duplicate of A, lower score
+    masks[2, 4:, 4:] = True  # B, disjoint
+    masks[3, :4, :2] = True  # half of A (IoU 0.5), lowest score
+    scores = torch.tensor([0.8, 0.9, 0.7, 0.6])
+    labels = torch.zeros(4, dtype=torch.long)
+    decayed = matrix_nms(masks, scores, labels, sigma=2.0)
+    # order by score: 1 (0.9), 0 (0.8), 2, 3. Mask 0 has IoU 1 with mask 1: 0.8 * exp(-2).
+    # Mask 3: IoU 0.5 with masks 1 and 0; mask 0 is itself suppressed (compensation 1):
+    # min(exp(-2 * 0.25), exp(-2 * (0.25 - 1))) = exp(-0.5).
+    expected = torch.tensor([0.8 * math.exp(-2.0), 0.9, 0.7, 0.6 * math.exp(-0.5)])
+    assert torch.allclose(decayed, expected, atol=1e-6)
+    # other classes do not suppress each other
+    assert torch.allclose(matrix_nms(masks, scores, torch.arange(4), sigma=2.0), scores)
+    assert matrix_nms(masks[:0], scores[:0], labels[:0]).numel() == 0

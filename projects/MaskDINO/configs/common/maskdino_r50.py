@@ -39,6 +39,7 @@ model = L(MaskDINO)(
     ),
     transformer_decoder=L(MaskDINODecoder)(
         num_classes=2,  # "tumor" + the background stuff class (always last)
+        num_stuff_classes=1,
         hidden_dim="${..pixel_decoder.conv_dim}",
         mask_dim="${..pixel_decoder.mask_dim}",
         num_levels="${..pixel_decoder.total_num_feature_levels}",
@@ -67,6 +68,7 @@ model = L(MaskDINO)(
     size_divisibility=32,
     test_topk_per_image=100,
     box_source="head",
+    matrix_nms_sigma=None,  # NMS-free, as in the paper
     instance_on=True,
     semantic_on=True,
 )

@@ -12,6 +12,9 @@ dataloader.train.dataset.names = "lgg_demo_train"
 dataloader.val.dataset.names = "lgg_demo_val"
 dataloader.test.dataset.names = "lgg_demo_test"
 dataloader.train.mapper.augmentations.resize_to = RESOLUTION
+# patients differ in overall brightness and contrast (as scanners do): augment them widely
+dataloader.train.mapper.augmentations.brightness = (0.7, 1.3)
+dataloader.train.mapper.augmentations.contrast = (0.7, 1.3)
 for split in ("val", "test"):
     dataloader[split].mapper.augmentations = build_lgg_test_augmentations(resize_to=RESOLUTION)
 for split in ("train", "val", "test"):
@@ -24,7 +27,7 @@ model.pixel_std = [70.1, 53.0, 73.5]
 
 optimizer.lr = 1e-3
 train.output_dir = "./output/demo_unext"
-train.max_iter = 800
+train.max_iter = 1000
 train.eval_period = 200
 train.checkpointer.period = 200
 train.log_period = 50

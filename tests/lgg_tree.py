@@ -1,6 +1,6 @@
-"""Tiny LGG trees written on the fly in the kaggle_3m layout, for tests."""
+"""Tiny LGG trees written on the fly in the kaggle_3m layout, and tiny training settings, for tests."""
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,3 +37,14 @@ def write_lgg_tree(
             Image.fromarray(mask * 255).save(folder / f"{patient}_{k}_mask.tif")
             written[str(folder / f"{patient}_{k}.tif")] = mask
     return written
+
+
+def tiny_unext_overrides(dataset_prefix: str) -> List[str]:
+    """train_net overrides for a few-second UNeXt run on ``<prefix>_{train,val,test}``."""
+    return [
+        "model.net.conv_channels=[4,8,16]", "model.net.token_channels=[16,24]",
+        f"dataloader.train.dataset.names={dataset_prefix}_train", f"dataloader.val.dataset.names={dataset_prefix}_val",
+        f"dataloader.test.dataset.names={dataset_prefix}_test", "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0", "dataloader.val.num_workers=0", "dataloader.test.num_workers=0",
+        "train.log_period=1",
+    ]

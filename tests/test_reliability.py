@@ -15,17 +15,11 @@ from PIL import Image
 
 from brainseg.data import LGGDataError, load_lgg_records, read_lgg_image, read_lgg_mask
 from brainseg.engine import BrainSegCheckpointer, CheckpointError
-from lgg_tree import write_lgg_tree
+from lgg_tree import tiny_unext_overrides, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]
-TINY = [
-    "model.net.conv_channels=[4,8,16]", "model.net.token_channels=[16,24]",
-    "dataloader.train.dataset.names=lgg_demo_train", "dataloader.val.dataset.names=lgg_demo_val",
-    "dataloader.test.dataset.names=lgg_demo_test", "dataloader.train.total_batch_size=2",
-    "dataloader.train.num_workers=0", "dataloader.val.num_workers=0", "dataloader.test.num_workers=0",
-    "train.log_period=1", "train.overlays.enabled=False",
-]
+TINY = tiny_unext_overrides("lgg_demo") + ["train.overlays.enabled=False"]
 
 
 @pytest.fixture(scope="module")

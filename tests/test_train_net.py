@@ -12,17 +12,12 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from brainseg.data import register_lgg_dataset
-from lgg_tree import write_lgg_tree
+from lgg_tree import tiny_unext_overrides, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]
-TINY = [
-    "model.net.conv_channels=[4,8,16]", "model.net.token_channels=[16,24]",
-    "dataloader.train.dataset.names=lgg_tiny_train", "dataloader.val.dataset.names=lgg_tiny_val",
-    "dataloader.test.dataset.names=lgg_tiny_test", "dataloader.train.total_batch_size=2",
-    "dataloader.train.num_workers=0", "dataloader.val.num_workers=0", "dataloader.test.num_workers=0",
-    "train.eval_period=2", "train.log_period=1", "train.checkpointer.period=2", "train.overlays.max_patients=1",
-]
+TINY = tiny_unext_overrides("lgg_tiny") + [
+    "train.eval_period=2", "train.checkpointer.period=2", "train.overlays.max_patients=1"]
 
 
 def _load_train_net():

@@ -6,7 +6,7 @@ import torch
 from maskdino.criterion import SetCriterion
 from maskdino.matcher import HungarianMatcher, pairwise_mask_costs
 
-from conftest import blob_masks
+from maskdino_testing import blob_masks
 
 
 def _box(cx, cy=0.5, w=0.2, h=0.2):

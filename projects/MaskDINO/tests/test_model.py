@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
-from conftest import PROJECT_DIR, blob_masks, make_input, tiny_model_config
+from maskdino_testing import PROJECT_DIR, blob_masks, make_input, tiny_model_config
 from maskdino.meta_arch import semantic_inference
 
 ONE_OBJECT = [(8, 24, 10, 30)]

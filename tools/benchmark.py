@@ -17,7 +17,7 @@ images, 0/1 ``sem_seg`` with tumour blobs). Phases run in this order, each timed
 * ``inference (compiled)`` with ``--compile``: the same with ``model.compile_inference=True``;
 * ``training``: forward, sum of the losses, backward and an Adam step.
 
-By default glibc's malloc is tuned first (:func:`tune_glibc_malloc`; ``--no-tune-malloc``
+By default glibc's malloc is tuned first (:func:`brainseg.utils.malloc.tune_glibc_malloc`; ``--no-tune-malloc``
 keeps the defaults). Reported per phase: images/s, median ms per batch, median process CPU
 time per batch (all threads; with ``--threads 1`` it measures the work itself even on a busy
 machine), GFLOP/s (matmul/conv FLOPs counted with ``torch.utils.flop_counter`` for one batch,
@@ -25,8 +25,6 @@ divided by the median time) and the peak RSS of the process up to the end of the
 """
 
 import argparse
-import ctypes
-import ctypes.util
 import importlib.util
 import os
 import resource
@@ -39,6 +37,7 @@ from detectron2.config import LazyConfig, instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from brainseg.utils.benchmark import benchmark
+from brainseg.utils.malloc import tune_glibc_malloc
 
 TOOLS_DIR = Path(__file__).resolve().parent
 
@@ -49,28 +48,6 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep freed memory in the process instead of returning it to the OS at every free.
-
-    glibc serves big blocks (activations of a 256x256 batch) with mmap and unmaps them on free,
-    so every forward/backward page-faults its activations in again: ~20-30% of CPU time in
-    kernel page-zeroing here. Raising the mmap and trim thresholds makes them reusable heap
-    memory (the process keeps its peak RSS). Process-wide; a no-op off glibc.
-
-    Returns:
-        True if glibc accepted both settings.
-    """
-    libc_name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    limit = 2**31 - 1
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
 def make_inputs(batch: int, size: int, *, seed: int = 0) -> List[Dict]:

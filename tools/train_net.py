@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 import brainseg.data  # noqa: F401  (registers the LGG datasets)
 import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
 from brainseg.data.io import LGGDataError, atomic_write
+from brainseg.utils.malloc import tune_glibc_malloc
 from brainseg.engine import (
     BestCheckpointAndEarlyStop,
     BrainSegCheckpointer,
@@ -192,6 +193,7 @@ def main(args) -> None:
     convert_epochs(cfg)
     if device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+        tune_glibc_malloc()  # reuse freed activation memory instead of page-faulting it in again
     model = build_model(cfg, device)
     if args.eval_only:
         BrainSegCheckpointer(model, cfg.train.output_dir,

@@ -17,13 +17,7 @@ SMALL_NETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: tiny shapes gain nothing from more, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count_params(module: torch.nn.Module) -> int:

@@ -12,9 +12,10 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from brainseg.modeling import BrainSegSemantic, probabilities_to_instances
 from brainseg.modeling.losses import BCEDiceLoss, DiceLoss, FocalLoss
 from brainseg.modeling.nets import UNeXt
-from test_nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 MEAN, STD = [20.0, 25.0, 18.0], [30.0, 35.0, 28.0]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(**kwargs) -> BrainSegSemantic:

@@ -225,7 +225,12 @@ def run(args) -> None:
 
 def parse_args(argv=None):
     parser = default_argument_parser(epilog=__doc__)
-    return parser.parse_args(argv)
+    # a free local port by default (detectron2's default port is fixed per user: two runs collide)
+    parser.set_defaults(dist_url="auto")
+    args = parser.parse_args(argv)
+    if args.num_machines > 1 and args.dist_url == "auto":
+        parser.error("multi-machine runs need --dist-url tcp://<address of machine 0>:<port>")
+    return args
 
 
 if __name__ == "__main__":

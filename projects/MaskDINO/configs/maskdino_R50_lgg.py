@@ -4,6 +4,7 @@
 300 queries, 100 denoising queries; AdamW 1e-4. Train with
 ``tools/train_net.py --config-file projects/MaskDINO/configs/maskdino_R50_lgg.py``.
 """
+
 import torch
 
 from ....configs.common.data import dataloader

@@ -5,6 +5,7 @@ A 2000-iteration schedule cannot teach the queries to suppress their duplicates 
 paper's 50-epoch one does, so instances go through Matrix NMS and take their boxes from
 their masks; the best checkpoint is picked by validation segm AP50 (Dice saturates early).
 """
+
 from detectron2.layers import ShapeSpec
 
 from .maskdino_R50_lgg import dataloader, lr_multiplier, model, optimizer, train

@@ -1,5 +1,6 @@
 """Mask DINO for brainseg (a detectron2 project). Importing this package registers the
 ``MaskDINO`` meta-architecture in detectron2's ``META_ARCH_REGISTRY``."""
+
 from .backbone import build_resnet
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher

@@ -1,4 +1,5 @@
 """ResNet backbones for Mask DINO built from detectron2's ResNet pieces (random init)."""
+
 from typing import Sequence
 
 from detectron2.modeling.backbone import BasicStem, ResNet

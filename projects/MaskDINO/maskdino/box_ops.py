@@ -3,6 +3,7 @@
 Boxes inside the model are normalised ``(cx, cy, w, h)`` in [0, 1] relative to the padded
 input tensor; losses and GIoU work on ``(x0, y0, x1, y1)``.
 """
+
 import torch
 
 __all__ = [

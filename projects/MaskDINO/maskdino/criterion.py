@@ -1,6 +1,7 @@
 """Set criterion of Mask DINO: focal class loss, L1 + GIoU box losses, point-sampled mask
 BCE + Dice losses, on the last layer, every auxiliary layer, the query selection output and
 the denoising queries."""
+
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -70,7 +71,9 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
-    def loss_labels(self, outputs: Dict, targets: List[Dict], indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+    def loss_labels(
+        self, outputs: Dict, targets: List[Dict], indices: Indices, num_masks: float
+    ) -> Dict[str, torch.Tensor]:
         """Sigmoid focal loss over all queries; unmatched queries are pushed to no-object."""
         logits = outputs["pred_logits"]
         onehot = torch.zeros_like(logits)
@@ -80,7 +83,9 @@ class SetCriterion(nn.Module):
         loss = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
         return {"loss_class": loss / num_masks}
 
-    def loss_boxes(self, outputs: Dict, targets: List[Dict], indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+    def loss_boxes(
+        self, outputs: Dict, targets: List[Dict], indices: Indices, num_masks: float
+    ) -> Dict[str, torch.Tensor]:
         """L1 and GIoU losses between matched normalised boxes."""
         src = outputs["pred_boxes"][_flat_query_index(indices)]
         tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
@@ -90,7 +95,9 @@ class SetCriterion(nn.Module):
             "loss_giou": (1 - giou).sum() / num_masks,
         }
 
-    def loss_masks(self, outputs: Dict, targets: List[Dict], indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+    def loss_masks(
+        self, outputs: Dict, targets: List[Dict], indices: Indices, num_masks: float
+    ) -> Dict[str, torch.Tensor]:
         """Sigmoid BCE and Dice losses between matched masks at sampled points."""
         src = outputs["pred_masks"][_flat_query_index(indices)]  # (N, h, w)
         if len(src) == 0:

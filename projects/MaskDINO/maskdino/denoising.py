@@ -7,6 +7,7 @@ and mask from them; their losses use the known assignment, no matching. Groups a
 to the largest object count in the batch, and an attention mask keeps the matching
 queries from seeing any denoising query and each group from seeing the other groups.
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -123,8 +124,9 @@ def build_denoising_queries(
     boxes_unsigmoid = torch.where(valid[..., None], inverse_sigmoid(boxes), torch.zeros_like(boxes))
     indices = []
     for n in counts:
-        query = (torch.arange(num_groups, device=device)[:, None] * group_size
-                 + torch.arange(n, device=device)[None]).reshape(-1)
+        query = (
+            torch.arange(num_groups, device=device)[:, None] * group_size + torch.arange(n, device=device)[None]
+        ).reshape(-1)
         indices.append((query, torch.arange(n, device=device).repeat(num_groups)))
     return DenoisingQueries(
         content=content.reshape(batch, num_groups * group_size, -1),

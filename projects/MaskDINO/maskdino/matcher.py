@@ -1,4 +1,5 @@
 """Hungarian matching of predictions (class, box, mask) to ground-truth objects."""
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -89,18 +90,26 @@ class HungarianMatcher(nn.Module):
         neg = (1 - alpha) * prob**gamma * -(1 - prob + 1e-8).log()
         cost = self.cost_class * (pos - neg)
         cost = cost + self.cost_box * torch.cdist(boxes.float(), target["boxes"].float(), p=1)
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes.float())[:, None], box_cxcywh_to_xyxy(target["boxes"].float())[None])
+        giou = generalized_box_iou(
+            box_cxcywh_to_xyxy(boxes.float())[:, None], box_cxcywh_to_xyxy(target["boxes"].float())[None]
+        )
         cost = cost - self.cost_giou * giou
         if mask_logits is not None:
             points = torch.rand(1, self.num_points, 2, device=mask_logits.device)
-            pred = point_sample(mask_logits[:, None].float(), points.expand(len(mask_logits), -1, -1), align_corners=False)
-            tgt = point_sample(target["masks"][:, None].float(), points.expand(len(target["masks"]), -1, -1), align_corners=False)
+            pred = point_sample(
+                mask_logits[:, None].float(), points.expand(len(mask_logits), -1, -1), align_corners=False
+            )
+            tgt = point_sample(
+                target["masks"][:, None].float(), points.expand(len(target["masks"]), -1, -1), align_corners=False
+            )
             bce, dice = pairwise_mask_costs(pred[:, 0], tgt[:, 0])
             cost = cost + self.cost_mask * bce + self.cost_dice * dice
         return cost
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Match every image of a batch.
 
         Args:
@@ -127,6 +136,9 @@ class HungarianMatcher(nn.Module):
                 raise FloatingPointError("HungarianMatcher: non-finite matching cost (diverged predictions?)")
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
             indices.append(
-                (torch.as_tensor(rows, dtype=torch.int64, device=device), torch.as_tensor(cols, dtype=torch.int64, device=device))
+                (
+                    torch.as_tensor(rows, dtype=torch.int64, device=device),
+                    torch.as_tensor(cols, dtype=torch.int64, device=device),
+                )
             )
         return indices

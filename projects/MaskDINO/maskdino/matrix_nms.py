@@ -1,4 +1,5 @@
 """Matrix NMS (Wang et al., SOLOv2, 2020): parallel soft suppression of duplicate masks."""
+
 import torch
 
 __all__ = ["matrix_nms"]

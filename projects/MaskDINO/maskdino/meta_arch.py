@@ -1,4 +1,5 @@
 """The Mask DINO meta-architecture (Li et al. 2022, arXiv 2206.02777) for detectron2."""
+
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -68,7 +69,9 @@ class MaskDINO(nn.Module):
         if box_source not in ("head", "mask"):
             raise ValueError(f"MaskDINO: box_source must be 'head' or 'mask', got {box_source!r}")
         if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"MaskDINO: pixel_mean ({len(pixel_mean)}) and pixel_std ({len(pixel_std)}) lengths differ")
+            raise ValueError(
+                f"MaskDINO: pixel_mean ({len(pixel_mean)}) and pixel_std ({len(pixel_std)}) lengths differ"
+            )
         if transformer_decoder.num_classes < 2 or transformer_decoder.num_stuff_classes != 1:
             raise ValueError(
                 "MaskDINO: the decoder must have the object classes plus one background stuff class "
@@ -149,7 +152,9 @@ class MaskDINO(nn.Module):
 
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Turn the last layer's predictions into per-image results at the output size."""
-        mask_logits = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        mask_logits = F.interpolate(
+            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
         results = []
         for i, image_size in enumerate(images.image_sizes):
             height = batched_inputs[i].get("height", image_size[0])
@@ -164,7 +169,9 @@ class MaskDINO(nn.Module):
                     [images.tensor.shape[-1], images.tensor.shape[-2]] * 2, device=masks.device
                 )
                 boxes = boxes * torch.tensor([width / image_size[1], height / image_size[0]] * 2, device=masks.device)
-                result["instances"] = self.instance_inference(scores[:, : self.num_thing_classes], masks, boxes, (height, width))
+                result["instances"] = self.instance_inference(
+                    scores[:, : self.num_thing_classes], masks, boxes, (height, width)
+                )
             results.append(result)
         return results
 

@@ -1,5 +1,6 @@
 """Mask DINO pixel decoder: a deformable-attention encoder over multi-scale backbone features,
 fused FPN-style with the stride-4 feature into the per-pixel mask-embedding map."""
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -11,7 +12,7 @@ from brainseg.layers import MSDeformAttn
 
 from .position_encoding import PositionEmbeddingSine, pixel_centers
 
-__all__ = ["DeformableEncoderLayer", "MaskDINOPixelDecoder", "flatten_levels", "level_pixel_centers"]
+__all__ = ["DeformableEncoderLayer", "MaskDINOPixelDecoder", "feed_forward", "flatten_levels", "level_pixel_centers"]
 
 
 def flatten_levels(
@@ -31,7 +32,19 @@ def flatten_levels(
 
 def level_pixel_centers(spatial_shapes: torch.Tensor) -> torch.Tensor:
     """Normalised ``(x, y)`` pixel centres of all levels in token order: ``(S, 2)``."""
-    return torch.cat([pixel_centers(h, w, device=spatial_shapes.device).reshape(-1, 2) for h, w in spatial_shapes.tolist()])
+    return torch.cat(
+        [pixel_centers(h, w, device=spatial_shapes.device).reshape(-1, 2) for h, w in spatial_shapes.tolist()]
+    )
+
+
+def feed_forward(d_model: int, dim_feedforward: int, dropout: float) -> nn.Sequential:
+    """The transformer feed-forward net: Linear, ReLU, Dropout, Linear."""
+    return nn.Sequential(
+        nn.Linear(d_model, dim_feedforward),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(dim_feedforward, d_model),
+    )
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -57,12 +70,7 @@ class DeformableEncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
         self.norm1 = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, dim_feedforward),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(dim_feedforward, d_model),
-        )
+        self.ffn = feed_forward(d_model, dim_feedforward, dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
@@ -123,7 +131,9 @@ class MaskDINOPixelDecoder(nn.Module):
         super().__init__()
         missing = [name for name in transformer_in_features if name not in input_shape]
         if missing:
-            raise KeyError(f"MaskDINOPixelDecoder: transformer_in_features {missing} not in input_shape {list(input_shape)}")
+            raise KeyError(
+                f"MaskDINOPixelDecoder: transformer_in_features {missing} not in input_shape {list(input_shape)}"
+            )
         if total_num_feature_levels < len(transformer_in_features):
             raise ValueError(
                 f"MaskDINOPixelDecoder: total_num_feature_levels ({total_num_feature_levels}) < "
@@ -136,7 +146,9 @@ class MaskDINOPixelDecoder(nn.Module):
             (k for k, v in input_shape.items() if v.stride < finest_stride), key=lambda k: -input_shape[k].stride
         )
         if not self.fpn_in_features:
-            raise ValueError("MaskDINOPixelDecoder: need a backbone feature finer than the transformer features (e.g. res2)")
+            raise ValueError(
+                "MaskDINOPixelDecoder: need a backbone feature finer than the transformer features (e.g. res2)"
+            )
         # The backbone features this module reads (checked against the backbone by MaskDINO).
         self.input_shape = {k: input_shape[k] for k in [*self.fpn_in_features, *self.transformer_in_features]}
         self.total_num_feature_levels = total_num_feature_levels
@@ -144,8 +156,12 @@ class MaskDINOPixelDecoder(nn.Module):
 
         def project(in_channels: int, kernel_size: int, stride: int) -> nn.Module:
             conv = Conv2d(
-                in_channels, conv_dim, kernel_size=kernel_size, stride=stride,
-                padding=kernel_size // 2, norm=get_norm(norm, conv_dim),
+                in_channels,
+                conv_dim,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                norm=get_norm(norm, conv_dim),
             )
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -162,8 +178,12 @@ class MaskDINOPixelDecoder(nn.Module):
         self.position_embedding = PositionEmbeddingSine(conv_dim // 2)
         self.encoder = nn.ModuleList(
             DeformableEncoderLayer(
-                conv_dim, num_levels=total_num_feature_levels, num_heads=num_heads, num_points=num_points,
-                dim_feedforward=dim_feedforward, dropout=dropout,
+                conv_dim,
+                num_levels=total_num_feature_levels,
+                num_heads=num_heads,
+                num_points=num_points,
+                dim_feedforward=dim_feedforward,
+                dropout=dropout,
             )
             for _ in range(num_encoder_layers)
         )
@@ -172,8 +192,15 @@ class MaskDINOPixelDecoder(nn.Module):
             for k in self.fpn_in_features
         )
         self.output_convs = nn.ModuleList(
-            Conv2d(conv_dim, conv_dim, kernel_size=3, padding=1, bias=False,
-                   norm=get_norm(norm, conv_dim), activation=F.relu)
+            Conv2d(
+                conv_dim,
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=False,
+                norm=get_norm(norm, conv_dim),
+                activation=F.relu,
+            )
             for _ in self.fpn_in_features
         )
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)

@@ -1,4 +1,5 @@
 """Sine positional encodings (DETR/DINO style) for feature maps and for boxes."""
+
 import math
 
 import torch
@@ -19,9 +20,7 @@ def pixel_centers(height: int, width: int, *, device: torch.device = None) -> to
     return torch.stack([grid_x, grid_y], dim=-1)
 
 
-def sine_embedding(
-    coords: torch.Tensor, num_feats: int, *, temperature: float = 10000.0
-) -> torch.Tensor:
+def sine_embedding(coords: torch.Tensor, num_feats: int, *, temperature: float = 10000.0) -> torch.Tensor:
     """Embed normalised coordinates with interleaved sines and cosines.
 
     Each coordinate ``c`` in [0, 1] becomes ``num_feats`` values

@@ -1,5 +1,6 @@
 """Mask DINO transformer decoder: query selection, denoising queries, box refinement and the
 class / box / mask heads."""
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,7 +10,7 @@ from brainseg.layers import MSDeformAttn
 
 from .box_ops import box_xyxy_to_cxcywh, inverse_sigmoid, masks_to_boxes
 from .denoising import build_denoising_queries
-from .pixel_decoder import flatten_levels, level_pixel_centers
+from .pixel_decoder import feed_forward, flatten_levels, level_pixel_centers
 from .position_encoding import sine_embedding
 
 __all__ = ["MLP", "DeformableDecoderLayer", "MaskDINODecoder", "encoder_proposals"]
@@ -62,16 +63,21 @@ class DeformableDecoderLayer(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, *, num_levels: int, num_heads: int, num_points: int, dim_feedforward: int, dropout: float = 0.0
+        self,
+        d_model: int,
+        *,
+        num_levels: int,
+        num_heads: int,
+        num_points: int,
+        dim_feedforward: int,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_feedforward, d_model)
-        )
+        self.ffn = feed_forward(d_model, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
@@ -174,8 +180,12 @@ class MaskDINODecoder(nn.Module):
         self.label_embedding = nn.Embedding(num_classes, hidden_dim)
         self.layers = nn.ModuleList(
             DeformableDecoderLayer(
-                hidden_dim, num_levels=num_levels, num_heads=num_heads, num_points=num_points,
-                dim_feedforward=dim_feedforward, dropout=dropout,
+                hidden_dim,
+                num_levels=num_levels,
+                num_heads=num_heads,
+                num_points=num_points,
+                dim_feedforward=dim_feedforward,
+                dropout=dropout,
             )
             for _ in range(num_layers)
         )
@@ -259,15 +269,21 @@ class MaskDINODecoder(nn.Module):
             batch has no object.
         """
         if len(multi_scale_features) != self.num_levels:
-            raise ValueError(f"MaskDINODecoder: expected {self.num_levels} feature levels, got {len(multi_scale_features)}")
+            raise ValueError(
+                f"MaskDINODecoder: expected {self.num_levels} feature levels, got {len(multi_scale_features)}"
+            )
         memory, spatial_shapes, level_start_index = flatten_levels(multi_scale_features)
         content, reference_unsigmoid, interm = self._select_queries(memory, spatial_shapes, mask_features)
 
         denoising = None
         if self.training and targets is not None and self.dn_num_queries > 0:
             denoising = build_denoising_queries(
-                targets, label_embedding=self.label_embedding, num_classes=self.num_classes,
-                num_dn_queries=self.dn_num_queries, noise_scale=self.dn_noise_scale, num_matching_queries=self.num_queries,
+                targets,
+                label_embedding=self.label_embedding,
+                num_classes=self.num_classes,
+                num_dn_queries=self.dn_num_queries,
+                noise_scale=self.dn_noise_scale,
+                num_matching_queries=self.num_queries,
             )
         attn_mask = None
         if denoising is not None:

@@ -1,4 +1,5 @@
 """Fixtures of the Mask DINO project tests."""
+
 import pytest
 import torch
 from detectron2.config import instantiate

@@ -1,6 +1,7 @@
 """Helpers of the Mask DINO project tests (a module name of its own: brainseg's tests have a
 ``conftest`` too): a tiny model built from the project's own model config, and synthetic
 detectron2 inputs."""
+
 import os
 import sys
 
@@ -21,12 +22,21 @@ def tiny_model_config():
     cfg = LazyConfig.load(os.path.join(PROJECT_DIR, "configs", "common", "maskdino_r50.py"))
     model = cfg.model
     model.backbone.update(depth=18, width=8)
-    model.pixel_decoder.input_shape = {f"res{i}": ShapeSpec(channels=8 * 2 ** (i - 2), stride=2**i) for i in range(2, 6)}
+    model.pixel_decoder.input_shape = {
+        f"res{i}": ShapeSpec(channels=8 * 2 ** (i - 2), stride=2**i) for i in range(2, 6)
+    }
     model.pixel_decoder.update(
-        conv_dim=32, mask_dim=32, num_heads=2, num_points=2, dim_feedforward=64, num_encoder_layers=1,
+        conv_dim=32,
+        mask_dim=32,
+        num_heads=2,
+        num_points=2,
+        dim_feedforward=64,
+        num_encoder_layers=1,
         total_num_feature_levels=3,
     )
-    model.transformer_decoder.update(num_queries=8, num_heads=2, num_points=2, dim_feedforward=64, num_layers=2, dn_num_queries=6)
+    model.transformer_decoder.update(
+        num_queries=8, num_heads=2, num_points=2, dim_feedforward=64, num_layers=2, dn_num_queries=6
+    )
     model.criterion.matcher.num_points = 256
     model.criterion.num_points = 256
     model.pixel_mean = [20.0, 20.0, 20.0]

@@ -1,4 +1,5 @@
 """Box utilities and positional encodings."""
+
 import math
 
 import torch
@@ -29,8 +30,12 @@ def test_generalized_box_iou_known_values_and_torchvision():
     assert torch.allclose(giou, torch.tensor([1 / 7 - 2 / 9, 1.0, -1 / 3]))
     x = box_cxcywh_to_xyxy(torch.rand(5, 4) * 0.5 + 0.1)
     y = box_cxcywh_to_xyxy(torch.rand(4, 4) * 0.5 + 0.1)
-    assert torch.allclose(generalized_box_iou(x[:, None], y[None]), torchvision.ops.generalized_box_iou(x, y), atol=1e-6)
-    assert torch.allclose(generalized_box_iou(x[:4], y), torchvision.ops.generalized_box_iou(x[:4], y).diag(), atol=1e-6)
+    assert torch.allclose(
+        generalized_box_iou(x[:, None], y[None]), torchvision.ops.generalized_box_iou(x, y), atol=1e-6
+    )
+    assert torch.allclose(
+        generalized_box_iou(x[:4], y), torchvision.ops.generalized_box_iou(x[:4], y).diag(), atol=1e-6
+    )
 
 
 def test_masks_to_boxes_tight_and_empty():
@@ -70,7 +75,13 @@ def test_encoder_proposals_centres_and_level_sizes():
 
     proposals, valid = encoder_proposals(torch.tensor([[2, 2], [1, 1]]))
     expected = torch.tensor(
-        [[0.25, 0.25, 0.05, 0.05], [0.75, 0.25, 0.05, 0.05], [0.25, 0.75, 0.05, 0.05], [0.75, 0.75, 0.05, 0.05], [0.5, 0.5, 0.1, 0.1]]
+        [
+            [0.25, 0.25, 0.05, 0.05],
+            [0.75, 0.25, 0.05, 0.05],
+            [0.25, 0.75, 0.05, 0.05],
+            [0.75, 0.75, 0.05, 0.05],
+            [0.5, 0.5, 0.1, 0.1],
+        ]
     )
     assert valid.all()
     assert torch.allclose(proposals.sigmoid(), expected, atol=1e-6)
@@ -92,8 +103,17 @@ def test_query_selection_always_keeps_the_best_stuff_token():
             return self.logits.expand(tokens.shape[0], -1, -1)
 
     decoder = MaskDINODecoder(
-        num_classes=2, num_stuff_classes=1, hidden_dim=8, mask_dim=8, num_queries=2, num_heads=2,
-        num_points=1, dim_feedforward=8, num_layers=1, num_levels=1, dn_num_queries=0,
+        num_classes=2,
+        num_stuff_classes=1,
+        hidden_dim=8,
+        mask_dim=8,
+        num_queries=2,
+        num_heads=2,
+        num_points=1,
+        dim_feedforward=8,
+        num_layers=1,
+        num_levels=1,
+        dn_num_queries=0,
     )
     # object scores crowd the top of the ranking; the background (last class) peaks on token 3
     decoder.class_embed = FixedLogits(torch.tensor([[[5.0, -9.0], [4.0, -9.0], [3.0, -9.0], [-9.0, -5.0]]]))

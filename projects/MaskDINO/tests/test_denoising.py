@@ -1,4 +1,5 @@
 """Denoising queries: shapes, known assignment, noise bounds and the attention mask."""
+
 import torch
 from torch import nn
 
@@ -26,7 +27,10 @@ def test_attention_mask_two_groups_exact_pattern():
 
 def _targets():
     return [
-        {"labels": torch.tensor([1, 0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2], [0.7, 0.6, 0.3, 0.1]])},
+        {
+            "labels": torch.tensor([1, 0, 2]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2], [0.7, 0.6, 0.3, 0.1]]),
+        },
         {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)},
         {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.2, 0.8, 0.1, 0.1]])},
     ]
@@ -67,7 +71,12 @@ def test_box_noise_keeps_boxes_overlapping():
     torch.manual_seed(1)
     targets = [{"labels": torch.zeros(1, dtype=torch.long), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}]
     dn = build_denoising_queries(
-        targets, label_embedding=nn.Embedding(1, 4), num_classes=1, num_dn_queries=200, noise_scale=0.4, num_matching_queries=2
+        targets,
+        label_embedding=nn.Embedding(1, 4),
+        num_classes=1,
+        num_dn_queries=200,
+        noise_scale=0.4,
+        num_matching_queries=2,
     )
     noised = dn.boxes_unsigmoid[0].sigmoid()
     # centre shift <= 0.4 * size / 2, size change <= 0.4 * size
@@ -80,6 +89,16 @@ def test_box_noise_keeps_boxes_overlapping():
 def test_no_denoising_without_objects_or_budget():
     embedding = nn.Embedding(1, 4)
     empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
-    assert build_denoising_queries(empty, label_embedding=embedding, num_classes=1, num_dn_queries=10, noise_scale=0.4, num_matching_queries=3) is None
+    assert (
+        build_denoising_queries(
+            empty, label_embedding=embedding, num_classes=1, num_dn_queries=10, noise_scale=0.4, num_matching_queries=3
+        )
+        is None
+    )
     many = [{"labels": torch.zeros(5, dtype=torch.long), "boxes": torch.full((5, 4), 0.3)}]
-    assert build_denoising_queries(many, label_embedding=embedding, num_classes=1, num_dn_queries=4, noise_scale=0.4, num_matching_queries=3) is None
+    assert (
+        build_denoising_queries(
+            many, label_embedding=embedding, num_classes=1, num_dn_queries=4, noise_scale=0.4, num_matching_queries=3
+        )
+        is None
+    )

@@ -1,4 +1,5 @@
 """Hungarian matcher and set criterion on crafted predictions."""
+
 import math
 
 import torch
@@ -20,7 +21,7 @@ def test_matcher_finds_global_optimum_not_greedy():
     targets = [{"labels": torch.zeros(2, dtype=torch.long), "boxes": torch.tensor([_box(0.6), _box(0.3)])}]
     cost = matcher.cost_matrix(outputs["pred_logits"][0], outputs["pred_boxes"][0], None, targets[0])
     assert torch.allclose(cost, torch.tensor([[0.1, 0.2], [0.15, 0.45]]), atol=1e-6)
-    (queries, gts), = matcher(outputs, targets)
+    ((queries, gts),) = matcher(outputs, targets)
     assert queries.tolist() == [0, 1] and gts.tolist() == [1, 0]
 
 
@@ -37,12 +38,16 @@ def test_matcher_matches_crafted_predictions_with_all_costs():
         "pred_boxes": torch.stack([boxes[1], torch.tensor([0.5, 0.5, 0.9, 0.9]), boxes[0]])[None],
         "pred_masks": pred_masks[None],
     }
-    (queries, gts), = HungarianMatcher(num_points=512)(outputs, [target])
+    ((queries, gts),) = HungarianMatcher(num_points=512)(outputs, [target])
     assert queries.tolist() == [0, 2] and gts.tolist() == [1, 0]
 
 
 def test_matcher_empty_targets():
-    outputs = {"pred_logits": torch.zeros(2, 3, 1), "pred_boxes": torch.rand(2, 3, 4), "pred_masks": torch.zeros(2, 3, 8, 8)}
+    outputs = {
+        "pred_logits": torch.zeros(2, 3, 1),
+        "pred_boxes": torch.rand(2, 3, 4),
+        "pred_masks": torch.zeros(2, 3, 8, 8),
+    }
     empty = {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 32, 32)}
     indices = HungarianMatcher()(outputs, [empty, empty])
     assert all(q.numel() == 0 and t.numel() == 0 for q, t in indices)
@@ -81,7 +86,9 @@ def test_criterion_zero_targets_only_class_loss():
     outputs["aux_outputs"] = [_outputs(2, 5, 32)]
     empty = {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 32, 32)}
     losses = _criterion()(outputs, [empty, empty])
-    assert set(losses) == {f"{n}{s}" for n in ("loss_class", "loss_bbox", "loss_giou", "loss_mask", "loss_dice") for s in ("", "_0")}
+    assert set(losses) == {
+        f"{n}{s}" for n in ("loss_class", "loss_bbox", "loss_giou", "loss_mask", "loss_dice") for s in ("", "_0")
+    }
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_class"] > 0
     assert all(losses[k] == 0 for k in losses if not k.startswith("loss_class"))
@@ -92,7 +99,11 @@ def test_criterion_zero_targets_only_class_loss():
 def test_criterion_perfect_prediction_has_near_zero_loss():
     size = 32
     masks = blob_masks([(4, 20, 8, 24)], size)
-    target = {"labels": torch.zeros(1, dtype=torch.long), "boxes": torch.tensor([[0.5, 0.375, 0.5, 0.5]]), "masks": masks}
+    target = {
+        "labels": torch.zeros(1, dtype=torch.long),
+        "boxes": torch.tensor([[0.5, 0.375, 0.5, 0.5]]),
+        "masks": masks,
+    }
     outputs = {
         "pred_logits": torch.tensor([[[12.0], [-12.0]]]),
         "pred_boxes": torch.tensor([[[0.5, 0.375, 0.5, 0.5], [0.2, 0.2, 0.1, 0.1]]]),
@@ -118,11 +129,19 @@ def test_criterion_perfect_prediction_has_near_zero_loss():
 def test_criterion_denoising_losses_use_known_indices():
     torch.manual_seed(0)
     size = 32
-    target = {"labels": torch.zeros(1, dtype=torch.long), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]]), "masks": blob_masks([(10, 22, 10, 22)], size)}
+    target = {
+        "labels": torch.zeros(1, dtype=torch.long),
+        "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]]),
+        "masks": blob_masks([(10, 22, 10, 22)], size),
+    }
     outputs = _outputs(1, 4, size)
     dn_out = _outputs(1, 2, size)
     dn_out["pred_boxes"] = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.4]]])
-    outputs["denoising"] = {"outputs": dn_out, "indices": [(torch.tensor([0, 1]), torch.tensor([0, 0]))], "num_groups": 2}
+    outputs["denoising"] = {
+        "outputs": dn_out,
+        "indices": [(torch.tensor([0, 1]), torch.tensor([0, 0]))],
+        "num_groups": 2,
+    }
     losses = _criterion()(outputs, [target])
     # both denoising queries predict the exact box: zero box losses, independent of matching
     assert losses["loss_bbox_dn"] < 1e-6 and losses["loss_giou_dn"] < 1e-6

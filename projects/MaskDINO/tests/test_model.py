@@ -1,4 +1,5 @@
 """The MaskDINO meta-architecture: training step, inference outputs, learning, configs."""
+
 import os
 
 import pytest
@@ -19,13 +20,20 @@ def test_training_step_with_an_empty_image(tiny_model):
     tiny_model.train()
     losses = tiny_model([make_input(TWO_OBJECTS, seed=1), make_input([], seed=2)])
     num_layers = 2  # decoder layers: aux outputs = initial prediction + first layer
-    for suffix in ["", "_interm", "_dn"] + [f"_{i}" for i in range(num_layers)] + [f"_dn_{i}" for i in range(num_layers)]:
+    for suffix in (
+        ["", "_interm", "_dn"] + [f"_{i}" for i in range(num_layers)] + [f"_dn_{i}" for i in range(num_layers)]
+    ):
         for name in ("loss_class", "loss_bbox", "loss_giou", "loss_mask", "loss_dice"):
             assert name + suffix in losses
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     sum(losses.values()).backward()
-    for module in (tiny_model.backbone.stem, tiny_model.pixel_decoder.encoder, tiny_model.transformer_decoder.class_embed,
-                   tiny_model.transformer_decoder.label_embedding, tiny_model.transformer_decoder.layers[-1].cross_attn):
+    for module in (
+        tiny_model.backbone.stem,
+        tiny_model.pixel_decoder.encoder,
+        tiny_model.transformer_decoder.class_embed,
+        tiny_model.transformer_decoder.label_embedding,
+        tiny_model.transformer_decoder.layers[-1].cross_attn,
+    ):
         grads = [p.grad for p in module.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0

@@ -3,6 +3,7 @@
 Importing this config puts projects/MaskDINO on sys.path and imports ``maskdino``, which
 registers the ``MaskDINO`` meta-architecture with detectron2.
 """
+
 import os
 import sys
 

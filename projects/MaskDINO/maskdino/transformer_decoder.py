@@ -231,7 +231,9 @@ class MaskDINODecoder(nn.Module):
         boxes_unsigmoid = boxes_unsigmoid.gather(1, index[..., None].expand(-1, -1, 4))
         # The supervised scores are the very scores the selection ranked by.
         interm_logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
-        interm_masks = self._mask_logits(content, mask_features)
+        # masks of the selected tokens: supervised in training, boxes for mask-enhanced init
+        need_masks = self.training or self.initial_box == "mask"
+        interm_masks = self._mask_logits(content, mask_features) if need_masks else None
         interm = {"pred_logits": interm_logits, "pred_masks": interm_masks, "pred_boxes": boxes_unsigmoid.sigmoid()}
         reference = boxes_unsigmoid.detach()
         if self.initial_box == "mask":

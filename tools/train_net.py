@@ -192,7 +192,8 @@ def main(args) -> None:
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="brainseg", abbrev_name="brainseg")
     convert_epochs(cfg)
     if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+        if "OMP_NUM_THREADS" not in os.environ:  # an explicit OMP_NUM_THREADS wins
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
         tune_glibc_malloc()  # reuse freed activation memory instead of page-faulting it in again
     model = build_model(cfg, device)
     if args.eval_only:

@@ -1,14 +1,14 @@
 """LGG slices -> detectron2 dataset dicts (one record per slice, instances per component)."""
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from .instances import mask_to_annotations
 from .io import read_lgg_image, read_lgg_mask
 from .lgg import LGGSlice, discover_lgg
 from .split import split_patients
 
-__all__ = ["load_lgg_records", "patient_splits", "slice_record"]
+__all__ = ["load_lgg_records", "slice_record"]
 
 
 def slice_record(item: LGGSlice, image_id: int, *, polygons: bool = False) -> dict:
@@ -79,9 +79,3 @@ def load_lgg_records(
     workers = num_threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda job: slice_record(job[0], job[1], polygons=polygons), jobs))
-
-
-def patient_splits(root: Union[str, os.PathLike], *, ratios: Sequence[float], seed: int) -> Dict[str, list]:
-    """The patient ids of each split of the dataset at ``root``."""
-    _, patients = discover_lgg(root)
-    return split_patients([p.patient_id for p in patients], ratios=ratios, seed=seed)

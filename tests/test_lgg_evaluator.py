@@ -250,6 +250,7 @@ def _evaluate_in_two_processes(records, outputs, result_prefix):
             evaluator.process([records[i]], [outputs[i]])
         with open(f"{result_prefix}{rank}.json", "w") as f:
             json.dump(evaluator.evaluate(), f)
+        comm.synchronize()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

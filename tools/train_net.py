@@ -211,6 +211,7 @@ def run(args) -> None:
     """Entry point of every process: turn user errors into one line, tear down the group."""
     try:
         main(args)
+        comm.synchronize()  # no rank tears gloo down while another still talks to it
     except (ConfigError, LGGDataError, CheckpointError, NonFiniteLossError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if isinstance(e, KeyError) and "is not registered" not in str(message):

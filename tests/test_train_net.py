@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import launch
+from detectron2.utils import comm
 
 from brainseg.data import register_lgg_dataset
 from lgg_tree import tiny_unext_overrides, write_lgg_tree
@@ -108,3 +111,26 @@ def test_cli_reports_an_unknown_dataset_name(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: Dataset 'lgg_nope' is not registered!") and "Traceback" not in proc.stderr
+
+
+def _sync_buffers_in_two_processes(result_prefix):
+    torch.set_num_threads(1)
+    try:
+        rank = comm.get_rank()
+        norm = torch.nn.BatchNorm1d(3)
+        norm.running_mean.fill_(rank + 1.0)  # each rank's statistics followed its own batches
+        norm.num_batches_tracked.fill_(10 * (rank + 1))
+        _load_train_net().sync_buffers_from_main(norm)
+        torch.save(norm.state_dict(), f"{result_prefix}{rank}.pt")
+        comm.synchronize()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_in_multi_process_training_uses_the_main_rank_statistics(tmp_path):
+    prefix = str(tmp_path / "rank")
+    launch(_sync_buffers_in_two_processes, 2, dist_url="auto", args=(prefix,))
+    for rank in (0, 1):
+        state = torch.load(f"{prefix}{rank}.pt", weights_only=True)
+        assert state["running_mean"].tolist() == [1.0, 1.0, 1.0]
+        assert state["num_batches_tracked"].item() == 10

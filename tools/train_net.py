@@ -118,6 +118,19 @@ def write_overlays(cfg, model) -> None:
     logger.info(f"Wrote {len(paths)} overlay figures to {out_dir}")
 
 
+def sync_buffers_from_main(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    Between DDP's broadcasts each rank's statistics follow its own batches; a multi-process
+    evaluation then scores a mix of models. After this, it scores exactly the model that rank 0
+    checkpoints (and that ``model_best.pth`` is chosen for)."""
+    if comm.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def check_replicas_agree(model: torch.nn.Module) -> None:
     """In multi-process runs, verify that every rank ended with the same parameters.
 
@@ -152,17 +165,23 @@ def do_train(args, cfg, model, device: str) -> dict:
             broadcast_buffers=ddp.get("broadcast_buffers", False),
             find_unused_parameters=ddp.get("find_unused_parameters", False))
     # The data loader is built after the checkpoint is loaded, so that it resumes its stream.
-    trainer = BrainSegTrainer(wrapped, None, optimizer, amp=cfg.train.amp.enabled, device=device)
+    trainer = BrainSegTrainer(wrapped, None, optimizer, amp=cfg.train.amp.enabled, device=device,
+                              clip_grad_norm=cfg.train.get("clip_grad_norm"))
     checkpointer = BrainSegCheckpointer(model, cfg.train.output_dir, trainer=trainer,
                                         allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False))
     val_split = "val" if "val" in cfg.dataloader else "test"
     eval_period = cfg.train.eval_period
+
+    def validate() -> dict:
+        sync_buffers_from_main(model)
+        return evaluate(cfg, model, val_split)
+
     trainer.register_hooks([
         hooks.IterationTimer(),
         RNGStateHook(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(eval_period, lambda: evaluate(cfg, model, val_split)),
+        hooks.EvalHook(eval_period, validate),
         BestCheckpointAndEarlyStop(eval_period, checkpointer, cfg.train.best_metric,
                                    patience=cfg.train.get("early_stop_patience", 0)),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),

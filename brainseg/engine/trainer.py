@@ -1,5 +1,6 @@
-"""The training loop: detectron2's SimpleTrainer with mixed precision on CPU or CUDA, a
-non-finite-loss guard on every rank, and a clean way for hooks to stop training early."""
+"""The training loop: detectron2's SimpleTrainer with mixed precision on CPU or CUDA,
+gradient-norm clipping, a non-finite-loss guard on every rank, and a clean way for hooks to
+stop training early."""
 import logging
 import time
 from typing import Optional
@@ -20,17 +21,33 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class BrainSegTrainer(SimpleTrainer):
-    """SimpleTrainer with optional autocast (bf16 on CPU, fp16 + GradScaler on CUDA), a loss
-    check before every optimizer step, and :meth:`request_stop` for early stopping."""
+    """SimpleTrainer with optional autocast (bf16 on CPU, fp16 + GradScaler on CUDA), optional
+    clipping of the whole model's gradient norm, a loss check before every optimizer step,
+    and :meth:`request_stop` for early stopping."""
 
-    def __init__(self, model, data_loader, optimizer, *, amp: bool = False, device: str = "cpu"):
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        amp: bool = False,
+        device: str = "cpu",
+        clip_grad_norm: Optional[float] = None,
+    ):
         """
         Args:
             model, data_loader, optimizer: as for detectron2's SimpleTrainer.
             amp: run forward passes under autocast (bfloat16 on CPU, float16 on CUDA).
             device: "cpu" or "cuda".
+            clip_grad_norm: if set, rescale the gradients of all parameters together so that
+                their global L2 norm is at most this value (detectron2's "full_model" clipping);
+                the norm before clipping is logged as ``grad_norm``.
         """
         super().__init__(model, data_loader, optimizer)
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ValueError(f"train.clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}")
+        self.clip_grad_norm = clip_grad_norm
         self.device_type = "cuda" if str(device).startswith("cuda") else "cpu"
         self.amp = amp
         self.amp_dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
@@ -75,12 +92,22 @@ class BrainSegTrainer(SimpleTrainer):
         else:
             losses.backward()
         self.after_backward()
+        if self.clip_grad_norm is not None:
+            self._clip_gradients()
         self._write_metrics(loss_dict, data_time)
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+
+    def _clip_gradients(self) -> None:
+        """Clip the global gradient norm (after unscaling AMP gradients) and log it."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        total_norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm)
+        self.storage.put_scalar("grad_norm", float(total_norm), smoothing_hint=False)
 
     def _check_finite(self, losses: torch.Tensor, loss_dict: dict) -> None:
         """Raise :class:`NonFiniteLossError` on every rank if any rank's loss is not finite,

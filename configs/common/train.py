@@ -24,6 +24,8 @@ train = dict(
     seed=0,
     # mixed precision: fp16 AMP on CUDA, bf16 autocast on CPU
     amp=dict(enabled=False),
+    # clip the global L2 norm of all gradients to this value before each step (None: off)
+    clip_grad_norm=None,
     # broadcast_buffers: BatchNorm statistics follow rank 0 in multi-process training
     ddp=dict(broadcast_buffers=True, find_unused_parameters=False),
     cudnn_benchmark=False,

@@ -1,9 +1,11 @@
 """Mask DINO, small (half-width ResNet-18, hidden 64, 3 levels, 2+3 layers, 30 queries), on
 the generated demo data ``lgg_demo_*``: trains on a 2-core CPU.
 
-A 2000-iteration schedule cannot teach the queries to suppress their duplicates the way the
-paper's 50-epoch one does, so instances go through Matrix NMS and take their boxes from
-their masks; the best checkpoint is picked by validation segm AP50 (Dice saturates early).
+A 2000-iteration schedule cannot teach the queries to suppress their duplicates, nor to
+give each tumour component its own query, the way the paper's 50-epoch one does. So query
+masks are split into connected components (LGG's instances), which go through Matrix NMS and
+take their boxes from their masks; the best checkpoint is picked by validation segm AP50
+(Dice saturates early).
 """
 
 from detectron2.layers import ShapeSpec
@@ -20,12 +22,15 @@ model.criterion.matcher.num_points = 1024
 model.criterion.num_points = 1024
 model.matrix_nms_sigma = 2.0
 model.box_source = "mask"
+model.split_components = True
 
 for split in ("train", "val", "test"):
     dataloader[split].dataset.names = f"lgg_demo_{split}"
     dataloader[split].num_workers = 1
 dataloader.train.total_batch_size = 8
 optimizer.lr = 2e-4
+# the short CPU schedule trains stably unclipped; it was tuned and recorded that way
+train.clip_grad_norm = None
 train.max_iter = 2000
 train.eval_period = 500
 train.checkpointer.period = 500

@@ -9,6 +9,8 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
+from brainseg.modeling.postprocessing import probabilities_to_instances
+
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, masks_to_boxes
 from .criterion import SetCriterion
 from .matrix_nms import matrix_nms
@@ -46,6 +48,11 @@ class MaskDINO(nn.Module):
         matrix_nms_sigma: if set, decay the scores of duplicate instance masks with Matrix NMS
             (an addition to the NMS-free Mask DINO, for short schedules whose queries have not
             yet learned to suppress duplicates).
+        split_components: split every query's mask into its 8-connected components, each an
+            instance scored by the query's class score x its own mean mask probability (LGG
+            annotates one instance per connected component; one query often covers several).
+            Boxes are the components' tight boxes, so this needs ``box_source="mask"``.
+            Matrix NMS, when on, runs on the components.
         instance_on, semantic_on: which inference outputs to produce.
     """
 
@@ -62,12 +69,15 @@ class MaskDINO(nn.Module):
         test_topk_per_image: int = 100,
         box_source: str = "head",
         matrix_nms_sigma: Optional[float] = None,
+        split_components: bool = False,
         instance_on: bool = True,
         semantic_on: bool = True,
     ):
         super().__init__()
         if box_source not in ("head", "mask"):
             raise ValueError(f"MaskDINO: box_source must be 'head' or 'mask', got {box_source!r}")
+        if split_components and box_source != "mask":
+            raise ValueError("MaskDINO: split_components=True needs box_source='mask' (component boxes)")
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
                 f"MaskDINO: pixel_mean ({len(pixel_mean)}) and pixel_std ({len(pixel_std)}) lengths differ"
@@ -88,6 +98,7 @@ class MaskDINO(nn.Module):
         self.test_topk_per_image = test_topk_per_image
         self.box_source = box_source
         self.matrix_nms_sigma = matrix_nms_sigma
+        self.split_components = split_components
         self.instance_on = instance_on
         self.semantic_on = semantic_on
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
@@ -178,7 +189,7 @@ class MaskDINO(nn.Module):
     def instance_inference(
         self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int]
     ) -> Instances:
-        """Top-k (query, class) pairs as instances.
+        """Top-k (query, class) pairs as instances (or their connected components).
 
         Args:
             scores: ``(Q, K)`` class probabilities.
@@ -193,20 +204,28 @@ class MaskDINO(nn.Module):
         num_classes = scores.shape[1]
         top_scores, top_index = scores.flatten().topk(min(self.test_topk_per_image, scores.numel()))
         query = torch.div(top_index, num_classes, rounding_mode="floor")
-        binary = masks[query] > 0
-        prob = masks[query].sigmoid()
-        mask_scores = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-        result = Instances(tuple(image_size))
-        result.pred_masks = binary
-        if self.box_source == "mask":
-            result.pred_boxes = BitMasks(binary).get_bounding_boxes()
-        else:
-            result.pred_boxes = Boxes(boxes[query])
-            result.pred_boxes.clip(tuple(image_size))
         labels = top_index % num_classes
-        result.scores = top_scores * mask_scores
+        result = Instances(tuple(image_size))
+        if self.split_components:
+            parts = [probabilities_to_instances(prob) for prob in masks[query].sigmoid()]
+            counts = torch.tensor([len(part) for part in parts], device=scores.device)
+            result.pred_masks = torch.cat([part.pred_masks for part in parts])
+            result.pred_boxes = Boxes.cat([part.pred_boxes for part in parts])
+            result.scores = top_scores.repeat_interleave(counts) * torch.cat([part.scores for part in parts])
+            labels = labels.repeat_interleave(counts)
+        else:
+            binary = masks[query] > 0
+            prob = masks[query].sigmoid()
+            mask_scores = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+            result.pred_masks = binary
+            if self.box_source == "mask":
+                result.pred_boxes = BitMasks(binary).get_bounding_boxes()
+            else:
+                result.pred_boxes = Boxes(boxes[query])
+                result.pred_boxes.clip(tuple(image_size))
+            result.scores = top_scores * mask_scores
         if self.matrix_nms_sigma is not None:
-            result.scores = matrix_nms(binary, result.scores, labels, sigma=self.matrix_nms_sigma)
+            result.scores = matrix_nms(result.pred_masks, result.scores, labels, sigma=self.matrix_nms_sigma)
         result.pred_classes = labels
         return result
 

@@ -1,5 +1,6 @@
 """The MaskDINO meta-architecture: training step, inference outputs, learning, configs."""
 
+import math
 import os
 
 import pytest
@@ -84,6 +85,31 @@ def test_mask_box_source_gives_tight_boxes(tiny_model):
         if mask.any():
             ys, xs = torch.nonzero(mask, as_tuple=True)
             assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_split_components_gives_one_instance_per_connected_component(tiny_model):
+    # query 0 (class score 0.8) covers two blobs that do not touch, even diagonally;
+    # query 1 (0.5) covers one blob
+    logits = torch.full((2, 8, 8), -10.0)
+    logits[0, 0:2, 0:2] = 2.0
+    logits[0, 5:8, 4:6] = 1.0
+    logits[1, 3, 6:8] = 3.0
+    scores = torch.tensor([[0.8], [0.5]])
+    tiny_model.box_source, tiny_model.split_components, tiny_model.matrix_nms_sigma = "mask", True, None
+    inst = tiny_model.instance_inference(scores, logits, torch.zeros(2, 4), (8, 8))
+    found = {tuple(box.tolist()): (mask.sum().item(), score.item())
+             for box, mask, score in zip(inst.pred_boxes.tensor, inst.pred_masks, inst.scores)}
+    assert found.keys() == {(0.0, 0.0, 2.0, 2.0), (4.0, 5.0, 6.0, 8.0), (6.0, 3.0, 8.0, 4.0)}
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    for box, (area, score) in [((0.0, 0.0, 2.0, 2.0), (4, 0.8 * sigmoid(2))),
+                               ((4.0, 5.0, 6.0, 8.0), (6, 0.8 * sigmoid(1))),
+                               ((6.0, 3.0, 8.0, 4.0), (2, 0.5 * sigmoid(3)))]:
+        assert found[box][0] == area and found[box][1] == pytest.approx(score, rel=1e-5)
+    assert inst.pred_classes.tolist() == [0, 0, 0]
+    cfg = tiny_model_config()
+    cfg.split_components = True
+    with pytest.raises(ValueError, match="split_components=True needs box_source='mask'"):
+        instantiate(cfg)
 
 
 def test_thirty_iterations_reduce_the_loss(tiny_model):

@@ -70,6 +70,7 @@ model = L(MaskDINO)(
     test_topk_per_image=100,
     box_source="head",
     matrix_nms_sigma=None,  # NMS-free, as in the paper
+    split_components=False,  # one instance per query, as in the paper
     instance_on=True,
     semantic_on=True,
 )

@@ -144,6 +144,8 @@ def test_configs_load_and_register():
     assert full.model.transformer_decoder.num_levels == 4 and full.model.transformer_decoder.dn_num_queries == 100
     assert full.model.transformer_decoder.num_classes == 2  # tumour + background
     assert full.train.init_checkpoint == ""
+    assert full.train.clip_grad_norm == 0.01 and not full.model.split_components  # as in the paper
+    assert small.train.clip_grad_norm is None and small.model.split_components and small.model.box_source == "mask"
     assert small.dataloader.train.dataset.names == "lgg_demo_train"
     assert small.model.transformer_decoder.hidden_dim == 64 and small.model.transformer_decoder.num_levels == 3
     model = instantiate(small.model)

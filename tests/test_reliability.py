@@ -44,6 +44,8 @@ def _weights(path):
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(datasets_root, tmp_path):
+    """Both runs are on this machine with the same thread count: resuming reproduces the weights
+    exactly (a same-machine property; across CPUs the kernels differ in the last bits)."""
     common = ["train.max_iter=12", "train.eval_period=0", "train.checkpointer.period=2", "train.seed=7"]
     whole = _train_net(datasets_root, *common, f"train.output_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -87,6 +89,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(dat
 
 
 def test_two_process_cpu_training_and_evaluation_agree_with_one(datasets_root, tmp_path):
+    """Evaluating one checkpoint in 1 and in 2 processes, on this machine, gives the same metrics."""
     two = _train_net(datasets_root, "train.max_iter=3", "train.eval_period=0",
                      f"train.output_dir={tmp_path / 'two'}", flags=["--num-gpus", "2"])
     assert two.returncode == 0, two.stderr[-3000:]

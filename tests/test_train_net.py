@@ -80,6 +80,7 @@ def test_resume_continues_from_the_saved_iteration(tiny_run):
 
 
 def test_eval_only_reproduces_the_stored_metrics(tiny_run, tmp_path):
+    """Same machine, same checkpoint: --eval-only gives the metrics stored after training."""
     train_net, out = tiny_run
     stored = json.loads((out / "results.json").read_text())
     args = train_net.parse_args(["--config-file", str(REPO / "configs/lgg/unext.py"), "--eval-only",

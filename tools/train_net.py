@@ -35,6 +35,7 @@ import brainseg.data  # noqa: F401  (registers the LGG datasets)
 import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
 from brainseg.data.io import LGGDataError, atomic_write
 from brainseg.utils.malloc import tune_glibc_malloc
+from brainseg.utils.workers import WatchedLoader, make_opencv_fork_safe
 from brainseg.engine import (
     BestCheckpointAndEarlyStop,
     BrainSegCheckpointer,
@@ -82,9 +83,15 @@ def build_evaluator(cfg, split: str):
     return instantiate(node)
 
 
+def watched(cfg, loader, name: str):
+    """``loader`` with a warning after ``train.data_stall_warning_seconds`` without a batch."""
+    seconds = cfg.train.get("data_stall_warning_seconds")
+    return WatchedLoader(loader, name, warn_after=seconds) if seconds else loader
+
+
 def evaluate(cfg, model, split: str = "test") -> dict:
     """Run ``model`` on ``dataloader.<split>`` and return the evaluators' results."""
-    loader = instantiate(cfg.dataloader[split])
+    loader = watched(cfg, instantiate(cfg.dataloader[split]), f"dataloader.{split}")
     results = inference_on_dataset(model, loader, build_evaluator(cfg, split))
     if comm.is_main_process():
         logger.info(f"Evaluation on {split} ({cfg.dataloader[split].dataset.names}):")
@@ -191,7 +198,7 @@ def do_train(args, cfg, model, device: str) -> dict:
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     if "start_iter" in cfg.dataloader.train:
         cfg.dataloader.train.start_iter = start_iter
-    trainer.reset_data_loader(lambda: instantiate(cfg.dataloader.train))
+    trainer.reset_data_loader(lambda: watched(cfg, instantiate(cfg.dataloader.train), "dataloader.train"))
     trainer.train(start_iter, cfg.train.max_iter)
     check_replicas_agree(model)
     if trainer.stop_reason is not None and comm.is_main_process():
@@ -210,6 +217,7 @@ def main(args) -> None:
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="brainseg", abbrev_name="brainseg")
     convert_epochs(cfg)
+    make_opencv_fork_safe()  # before any DataLoader forks its workers
     if device == "cpu":
         if "OMP_NUM_THREADS" not in os.environ:  # an explicit OMP_NUM_THREADS wins
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))

@@ -1,5 +1,5 @@
 """LGG data: discovery, patient split, catalog registration, COCO conversion, mapper."""
-from .build import build_lgg_train_loader
+from .build import build_lgg_test_loader, build_lgg_train_loader
 from .catalog import DEFAULT_SPLIT_RATIOS, datasets_root, register_all_lgg, register_lgg_dataset
 from .coco import convert_lgg_to_coco, ensure_coco_json, load_coco_records
 from .instances import annotations_to_mask, mask_to_annotations

@@ -1,11 +1,13 @@
-"""Data loader builders for LGG training (resumable, reproducible)."""
+"""Data loader builders for LGG training (resumable, reproducible) and evaluation; both keep
+OpenCV fork-safe in the process that forks their workers."""
 from typing import Callable, List
 
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 
+from ..utils.workers import make_opencv_fork_safe
 from .samplers import PositionalDataset, ResumableTrainingSampler
 
-__all__ = ["build_lgg_train_loader"]
+__all__ = ["build_lgg_train_loader", "build_lgg_test_loader"]
 
 
 def build_lgg_train_loader(
@@ -34,6 +36,8 @@ def build_lgg_train_loader(
     Returns:
         an infinite iterable of lists of mapped records.
     """
+    if num_workers > 0:
+        make_opencv_fork_safe()  # the workers are forked from this process
     sampler = ResumableTrainingSampler(len(dataset), seed=seed, start=start_iter * total_batch_size)
     return build_detection_train_loader(
         dataset=PositionalDataset(dataset, seed=seed),
@@ -43,3 +47,23 @@ def build_lgg_train_loader(
         aspect_ratio_grouping=False,
         num_workers=num_workers,
     )
+
+
+def build_lgg_test_loader(dataset: List[dict], *, mapper: Callable[[dict], dict], batch_size: int = 1,
+                          num_workers: int = 0):
+    """detectron2's ``build_detection_test_loader`` (every record once, in order), with OpenCV
+    made fork-safe first when it has worker processes.
+
+    Args:
+        dataset: dataset dicts.
+        mapper: maps a record to model inputs.
+        batch_size: images per batch.
+        num_workers: loader processes.
+
+    Returns:
+        a torch DataLoader yielding lists of mapped records.
+    """
+    if num_workers > 0:
+        make_opencv_fork_safe()  # the workers are forked from this process
+    return build_detection_test_loader(dataset=dataset, mapper=mapper, batch_size=batch_size,
+                                       num_workers=num_workers)

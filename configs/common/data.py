@@ -7,10 +7,10 @@ dataloader.test.dataset.names=lgg_demo_test`` (or use a ``*_demo.py`` config).
 stopping); ``dataloader.test`` at the end of training and by ``--eval-only``.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import get_detection_dataset_dicts
 from omegaconf import OmegaConf
 
-from brainseg.data import LGGDatasetMapper, build_lgg_augmentations, build_lgg_train_loader
+from brainseg.data import LGGDatasetMapper, build_lgg_augmentations, build_lgg_test_loader, build_lgg_train_loader
 from brainseg.evaluation import build_evaluators
 
 dataloader = OmegaConf.create()
@@ -26,14 +26,14 @@ dataloader.train = L(build_lgg_train_loader)(
     start_iter=0,
 )
 
-dataloader.val = L(build_detection_test_loader)(
+dataloader.val = L(build_lgg_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="lgg_val", filter_empty=False),
     mapper=L(LGGDatasetMapper)(is_train=False),
     batch_size=8,
     num_workers=2,
 )
 
-dataloader.test = L(build_detection_test_loader)(
+dataloader.test = L(build_lgg_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="lgg_test", filter_empty=False),
     mapper=L(LGGDatasetMapper)(is_train=False),
     batch_size=8,

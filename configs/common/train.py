@@ -29,6 +29,8 @@ train = dict(
     # broadcast_buffers: BatchNorm statistics follow rank 0 in multi-process training
     ddp=dict(broadcast_buffers=True, find_unused_parameters=False),
     cudnn_benchmark=False,
+    # warn (and repeat) when a data loader has produced no batch for this many seconds (None: off)
+    data_stall_warning_seconds=300,
     # write overlay PNGs (image | truth | prediction) of the test split after training
     overlays=dict(enabled=True, max_patients=4),
 )

@@ -1,6 +1,5 @@
 """tools/export.py and brainseg.inference.export: TorchScript/ONNX round trips of the semantic
 nets (dynamic batch 1 and 3) against the model's own eval pipeline, and refused exports."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from torch import nn
 
 from brainseg.engine import load_config
 from brainseg.inference import ExportableSegmenter, ExportError, SlicePredictor, export_model, synthetic_slices
+from brainseg.inference.commands import export_main
 from brainseg.modeling import BCEDiceLoss, BrainSegSemantic
+from brainseg.utils.cli import run_cli
 from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,9 +25,10 @@ NETS = {
 }
 TOLERANCE = 1e-4
 
-spec = importlib.util.spec_from_file_location("export_tool", REPO / "tools" / "export.py")
-export_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export_tool)
+
+def export_cli(argv) -> int:
+    """``tools/export.py argv``: the exit code."""
+    return run_cli(export_main, argv)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,7 +58,7 @@ def _trained_like_model(name: str, weights: Path) -> nn.Module:
 def test_round_trip_matches_the_model(name, lgg_slices, tmp_path, capsys):
     model = _trained_like_model(name, tmp_path / "w.pth")
     out = tmp_path / "export"
-    code = export_tool.run(["--config-file", str(REPO / f"configs/lgg/{name}.py"), "--weights", str(tmp_path / "w.pth"),
+    code = export_cli(["--config-file", str(REPO / f"configs/lgg/{name}.py"), "--weights", str(tmp_path / "w.pth"),
                             "--output", str(out), "--height", "64", "--width", "64",
                             "--sample-input", str(lgg_slices), *NETS[name]])
     assert code == 0, capsys.readouterr().err
@@ -121,7 +123,7 @@ def test_unsupported_models_and_sizes(tmp_path, capsys):
     with pytest.raises(ExportError, match="Linear cannot be exported: only semantic models"):
         ExportableSegmenter.from_model(nn.Linear(2, 2))
     _trained_like_model("unext", tmp_path / "w.pth")
-    code = export_tool.run(["--config-file", str(REPO / "configs/lgg/unext.py"), "--weights", str(tmp_path / "w.pth"),
+    code = export_cli(["--config-file", str(REPO / "configs/lgg/unext.py"), "--weights", str(tmp_path / "w.pth"),
                             "--output", str(tmp_path / "out"), "--height", "48", "--width", "64", *NETS["unext"]])
     err = capsys.readouterr().err
     assert code == 1 and err == "error: export size 48x64 must be a multiple of the net's stride 32\n"

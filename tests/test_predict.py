@@ -1,6 +1,5 @@
 """tools/predict.py and brainseg.inference prediction: input layouts, written masks/overlays and
 summaries, a perfect (hand-set) model re-evaluating to Dice 1, failures, TTA, strict weights."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +14,8 @@ from brainseg.data import LGGDataError, load_lgg_records, read_lgg_mask
 from brainseg.engine import load_config
 from brainseg.evaluation import LGGEvaluator
 from brainseg.inference import SlicePredictor, VolumeSummary, natural_key, predict_to_folder, resolve_inputs
+from brainseg.inference.commands import predict_main
+from brainseg.utils.cli import run_cli
 from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +24,9 @@ TINY = ["model.net.base_channels=4", "model.net.depth=1"]
 PATIENTS = ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101"]
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict_tool = _load_tool("predict")
+def predict_cli(argv) -> int:
+    """``tools/predict.py argv``: the exit code."""
+    return run_cli(predict_main, argv)
 
 
 def write_visible_tree(root: Path, *, num_slices: int = 11, size: int = 64) -> dict:
@@ -100,7 +96,7 @@ def trained(tmp_path_factory):
 
 
 def _predict(capsys, *args):
-    code = predict_tool.run(["--config-file", CONFIG, "--no-progress", *[str(a) for a in args], *TINY])
+    code = predict_cli(["--config-file", CONFIG, "--no-progress", *[str(a) for a in args], *TINY])
     return code, capsys.readouterr().err
 
 
@@ -257,11 +253,11 @@ def test_tta_is_the_mean_of_the_flipped_predictions(tmp_path):
 def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path, capsys):
     root, _, weights = trained
     args = ["--input", root, "--output", tmp_path / "out"]
-    code, err = predict_tool.run(["--config-file", CONFIG, "--weights", str(weights), *map(str, args),
+    code, err = predict_cli(["--config-file", CONFIG, "--weights", str(weights), *map(str, args),
                                   "model.net.base_channels=8", "model.net.depth=1"]), capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert f"weights {weights} do not match the model of the config" in err and "shape mismatches" in err
-    code, err = predict_tool.run(["--config-file", str(REPO / "configs/lgg/unext.py"), "--weights", str(weights),
+    code, err = predict_cli(["--config-file", str(REPO / "configs/lgg/unext.py"), "--weights", str(weights),
                                   *map(str, args)]), capsys.readouterr().err
     assert code == 1 and "keys missing from the checkpoint" in err and "keys the model does not have" in err
     code, err = _predict(capsys, "--weights", tmp_path / "nope.pth", *args)

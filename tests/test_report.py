@@ -1,7 +1,7 @@
-"""tools/report.py on fabricated run dirs, and the overlay figures of brainseg.utils.overlay."""
+"""tools/report.py (brainseg.visualization.report) on fabricated run dirs, and the overlay figures of
+brainseg.visualization.overlay."""
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from brainseg.utils.overlay import (
+from brainseg.utils.cli import run_cli
+from brainseg.visualization import report
+from brainseg.visualization.overlay import (
     PREDICTION_COLOR,
     TRUTH_COLOR,
     OverlaySample,
@@ -23,17 +25,6 @@ from brainseg.utils.overlay import (
     write_dataset_overlays,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_report():
-    spec = importlib.util.spec_from_file_location("report", REPO / "tools" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load_report()
 
 
 def make_run(root, name, *, results, lines, net="UNeXt"):
@@ -113,11 +104,11 @@ def test_read_history_merges_iterations(runs):
 
 def test_report_errors_name_the_run(runs, tmp_path, capsys):
     (runs[1] / "results.json").unlink()
-    assert report.main([str(r) for r in runs] + ["--out", str(tmp_path / "report")]) == 1
+    assert run_cli(report.main, [str(r) for r in runs] + ["--out", str(tmp_path / "report")]) == 1
     err = capsys.readouterr().err
     assert (
         err.strip()
-        == f"report.py: error: {runs[1]}: no results.json (is it a tools/train_net.py output dir of a finished run?)"
+        == f"error: {runs[1]}: no results.json (is it a tools/train_net.py output dir of a finished run?)"
     )
     assert not (tmp_path / "report").exists()  # nothing half-written
 

@@ -1,6 +1,5 @@
 """tools/train_net.py end to end on a tiny generated LGG tree: training with evaluation,
 --resume, --eval-only, and the command-line errors."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,19 +14,13 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 
 from brainseg.data import register_lgg_dataset
+from brainseg.engine import launch as train_net
 from lgg_tree import tiny_unext_overrides, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]
 TINY = tiny_unext_overrides("lgg_tiny") + [
     "train.eval_period=2", "train.checkpointer.period=2", "train.overlays.max_patients=1"]
-
-
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,6 @@ def tiny_run(tmp_path_factory):
     write_lgg_tree(root, patients=PATIENTS, num_slices=6, size=64)
     for split in ("train", "val", "test"):
         register_lgg_dataset(f"lgg_tiny_{split}", root, split)
-    train_net = _load_train_net()
     out = tmp_path_factory.mktemp("run")
     args = train_net.parse_args(["--config-file", str(REPO / "configs/lgg/unext.py"),
                                  *TINY, "train.max_iter=4", f"train.output_dir={out}"])
@@ -121,7 +113,7 @@ def _sync_buffers_in_two_processes(result_prefix):
         norm = torch.nn.BatchNorm1d(3)
         norm.running_mean.fill_(rank + 1.0)  # each rank's statistics followed its own batches
         norm.num_batches_tracked.fill_(10 * (rank + 1))
-        _load_train_net().sync_buffers_from_main(norm)
+        train_net.sync_buffers_from_main(norm)
         torch.save(norm.state_dict(), f"{result_prefix}{rank}.pt")
         comm.synchronize()
     finally:

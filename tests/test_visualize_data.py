@@ -1,6 +1,5 @@
-"""tools/visualize_data.py: dataset grids with ground truth, COCO-json and mask-folder
+"""tools/visualize_data.py (brainseg.visualization.browse_command): dataset grids with ground truth, COCO-json and mask-folder
 predictions (tiles compared pixel for pixel with the overlay renderer), and bad arguments."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,17 +10,19 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from brainseg.data import read_lgg_image, register_lgg_dataset
-from brainseg.inference.browse import TITLE_HEIGHT
-from brainseg.utils.overlay import PREDICTION_COLOR, TRUTH_COLOR, draw_overlay
+from brainseg.utils.cli import run_cli
+from brainseg.visualization import browse_command
+from brainseg.visualization.browse import TITLE_HEIGHT
+from brainseg.visualization.overlay import PREDICTION_COLOR, TRUTH_COLOR, draw_overlay
 from lgg_tree import write_lgg_tree
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "lgg_visualize_test"
 SIZE = 64
 
-spec = importlib.util.spec_from_file_location("visualize_data", REPO / "tools" / "visualize_data.py")
-visualize_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(visualize_tool)
+
+def visualize_cli(argv) -> int:
+    """``tools/visualize_data.py argv``: the exit code."""
+    return run_cli(browse_command.main, argv)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def _expected(record, masks, prediction=None):
 
 def test_grids_of_ground_truth(dataset, tmp_path, capsys):
     records, masks = dataset
-    assert visualize_tool.run(["--dataset", NAME, "--output", str(tmp_path), "--num", "5", "--grid", "2x2"]) == 0
+    assert visualize_cli(["--dataset", NAME, "--output", str(tmp_path), "--num", "5", "--grid", "2x2"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}_000.png", f"{NAME}_001.png"]
     first, second = (np.asarray(Image.open(tmp_path / f"{NAME}_00{i}.png")) for i in (0, 1))
     assert first.shape == second.shape == (2 * (SIZE + TITLE_HEIGHT), 2 * SIZE, 3)
@@ -72,7 +73,7 @@ def test_coco_results_predictions(dataset, tmp_path):
     path = tmp_path / "coco_instances_results.json"
     path.write_text(json.dumps(results))
     out = tmp_path / "out"
-    assert visualize_tool.run(["--dataset", NAME, "--output", str(out), "--predictions", str(path),
+    assert visualize_cli(["--dataset", NAME, "--output", str(out), "--predictions", str(path),
                                "--only-tumour", "--grid", "3x3"]) == 0
     grid = np.asarray(Image.open(out / f"{NAME}_000.png"))
     for index, record in enumerate(tumour[:9]):
@@ -91,7 +92,7 @@ def test_mask_folder_predictions_and_missing_files(dataset, tmp_path):
     predicted[10:20, 30:45] = 1
     Image.fromarray(predicted * 255).save(folder / f"{Path(first['file_name']).stem}_mask.tif")
     out = tmp_path / "out"
-    assert visualize_tool.run(["--dataset", NAME, "--output", str(out), "--predictions", str(tmp_path / "pred"),
+    assert visualize_cli(["--dataset", NAME, "--output", str(out), "--predictions", str(tmp_path / "pred"),
                                "--patients", patient, "--grid", "1x4"]) == 0
     grid = np.asarray(Image.open(out / f"{NAME}_000.png"))
     np.testing.assert_array_equal(_tile(grid, 0, 4), _expected(first, masks, predicted.astype(bool)))
@@ -108,11 +109,11 @@ def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys):
         (["--dataset", NAME, "--predictions", str(tmp_path / "none.json")], f"predictions {tmp_path / 'none.json'} do"),
     ]
     for args, message in cases:
-        assert visualize_tool.run([*args, "--output", str(tmp_path / "out")]) == 1
+        assert visualize_cli([*args, "--output", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"annotations": []}))
-    assert visualize_tool.run(["--dataset", NAME, "--output", str(tmp_path / "out"), "--predictions", str(bad)]) == 1
+    assert visualize_cli(["--dataset", NAME, "--output", str(tmp_path / "out"), "--predictions", str(bad)]) == 1
     assert f"predictions {bad} are not COCO instance results" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

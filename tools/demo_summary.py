@@ -1,139 +1,15 @@
 #!/usr/bin/env python
 """Put a demo run's test figures next to the range recorded over several seeds.
 
-A training run is bit-identical only on the same machine with the same thread count; across
-CPUs (AVX2 vs AVX-512/AMX kernels) and seeds the figures move, so the demo is recorded as
-mean +- SD over seeds (``train.seed=0,1,2``) with the CPU named.
-
-Examples:
-    # after `make demo`: this run next to the recorded range
-    python tools/demo_summary.py output/demo_unext --reference configs/lgg/unext_demo_seeds.json
-    # record the range from runs made with train.seed=0,1,2
-    python tools/demo_summary.py output/seeds/unext_s0 output/seeds/unext_s1 output/seeds/unext_s2 \\
-        --record configs/lgg/unext_demo_seeds.json --command "..."
+The command is :func:`brainseg.visualization.seed_summary.main`; ``--help`` describes it.
 """
-import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-from typing import Dict, List, Optional, Sequence
 
-import torch
-import yaml
+from detectron2.utils.logger import setup_logger
 
-from brainseg.inference.cli import run_cli
-from brainseg.data.io import atomic_write
-
-# (results.json task, metric, label, format) of the recorded figures
-FIGURES = (
-    ("lgg", "dice_volume_mean", "per-volume Dice (mean)", ".3f"),
-    ("lgg", "dice_volume_median", "per-volume Dice (median)", ".3f"),
-    ("lgg", "iou_volume_mean", "per-volume IoU", ".3f"),
-    ("lgg", "dice_global", "global Dice", ".3f"),
-    ("lgg", "hd95", "HD95 (px)", ".1f"),
-    ("segm", "AP50", "segm AP50", ".1f"),
-)
-
-
-class SummaryError(Exception):
-    """A run without results, or an unreadable reference file."""
-
-
-def read_figures(run_dir: str) -> Dict[str, float]:
-    """The test figures of one run, ``{"<task>/<metric>": value}``, from its ``results.json``."""
-    path = os.path.join(run_dir, "results.json")
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SummaryError(f"cannot read the results of run {run_dir}: {e}") from None
-    return {f"{task}/{metric}": float(results[task][metric]) for task, metric, _, _ in FIGURES
-            if metric in results.get(task, {})}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def record(run_dirs: Sequence[str], out: str, command: str) -> None:
-    """Write the figures of seed runs (``train.seed`` read from each run's config) to ``out``."""
-    runs = {}
-    for run_dir in run_dirs:
-        seed = _seed_of(run_dir)
-        runs[str(seed)] = read_figures(run_dir)
-    reference = {"command": command, "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                 "threads": torch.get_num_threads(), "seeds": runs}
-    atomic_write(out, json.dumps(reference, indent=2) + "\n")
-    print(f"recorded {len(runs)} seeds in {out}")
-    print(describe(reference))
-
-
-class _PlainLoader(yaml.SafeLoader):
-    """Reads a saved LazyConfig; the Python objects it pickled in (augmentations) become None."""
-
-
-_PlainLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
-
-
-def _seed_of(run_dir: str) -> int:
-    path = os.path.join(run_dir, "config.yaml")
-    try:
-        with open(path) as f:
-            return int(yaml.load(f, Loader=_PlainLoader)["train"]["seed"])
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
-        raise SummaryError(f"cannot read train.seed from {path}: {e!r}") from None
-
-
-def describe(reference: dict, current: Optional[Dict[str, float]] = None) -> str:
-    """Lines ``label: [this run's value | ]mean +- SD (min-max) over seeds ...``."""
-    seeds = reference["seeds"]
-    lines = [f"recorded over seeds {', '.join(sorted(seeds))} on {reference['cpu']} "
-             f"({reference['cpu_capability']}, {reference['threads']} threads): mean +- SD (min - max)"]
-    for task, metric, label, fmt in FIGURES:
-        key = f"{task}/{metric}"
-        values: List[float] = [run[key] for run in seeds.values() if key in run]
-        if len(values) < 2:
-            continue
-        spread = (f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt}} "
-                  f"({min(values):{fmt}} - {max(values):{fmt}})")
-        if current is not None and key in current:
-            lines.append(f"  {label:26s} this run {current[key]:{fmt}}   recorded {spread}")
-        else:
-            lines.append(f"  {label:26s} {spread}")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="tools/train_net.py output dirs")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--reference", metavar="JSON", help="recorded seed range to compare one run with")
-    mode.add_argument("--record", metavar="JSON", help="write the seed range of the given runs here")
-    parser.add_argument("--command", default="", help="with --record: the command that made the runs")
-    args = parser.parse_args(argv)
-    if args.record:
-        record(args.runs, args.record, args.command)
-        return 0
-    try:
-        with open(args.reference) as f:
-            reference = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SummaryError(f"cannot read the reference {args.reference}: {e}") from None
-    for run_dir in args.runs:
-        print(f"{run_dir}: test split")
-        print(describe(reference, read_figures(run_dir)))
-    return 0
-
+from brainseg.visualization.seed_summary import main
+from brainseg.utils.cli import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, errors=(SummaryError,)))
+    setup_logger(name="brainseg", abbrev_name="brainseg")
+    sys.exit(run_cli(main))

@@ -7,7 +7,8 @@ from typing import Dict, List, Optional, Sequence, Union
 from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .io import LGGDataError, atomic_write
+from ..utils.errors import LGGDataError
+from ..utils.io import atomic_write
 from .lgg import find_kaggle_root
 from .records import load_lgg_records
 from .split import SPLITS, split_patients

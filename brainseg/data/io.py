@@ -10,13 +10,11 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["LGGDataError", "read_lgg_image", "read_lgg_mask", "atomic_write"]
+from ..utils.errors import LGGDataError
+
+__all__ = ["LGGDataError", "read_lgg_image", "read_lgg_mask"]
 
 PathLike = Union[str, os.PathLike]
-
-
-class LGGDataError(ValueError):
-    """A problem with the user's LGG data (missing, corrupt or inconsistent files)."""
 
 
 def _read_tiff(path: PathLike) -> np.ndarray:
@@ -99,26 +97,3 @@ def read_lgg_mask(path: PathLike, expected_shape: Optional[Tuple[int, int]] = No
         shown = ", ".join(str(v) for v in present[:6]) + (", ..." if len(present) > 6 else "")
         raise LGGDataError(f"mask {path} has values {{{shown}}}; expected {{0, 255}} or {{0, 1}}")
     return (mask > 0).astype(np.uint8)
-
-
-def atomic_write(path: PathLike, data: Union[bytes, str]) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
-    so that readers never see a half-written file.
-
-    Args:
-        path: destination file; its folder is created if needed.
-        data: bytes, or text (written as UTF-8).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

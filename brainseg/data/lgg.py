@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
-from .io import LGGDataError
+from ..utils.errors import LGGDataError
 
 __all__ = ["LGGSlice", "LGGPatient", "find_kaggle_root", "discover_lgg", "read_clinical_table"]
 

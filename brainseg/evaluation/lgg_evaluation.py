@@ -20,7 +20,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from brainseg.data.io import atomic_write
+from brainseg.utils.io import atomic_write
 
 from .masks import MASK_SOURCES, describe_record, prediction_mask, truth_mask
 from .metrics import (

@@ -1,6 +1,5 @@
 """Using trained brainseg models: prediction over files and LGG trees (masks, overlays,
 per-patient volumes), TorchScript/ONNX export, and their helpers."""
-from .browse import PredictionMasks, compose_grid, parse_grid, record_truth, tile_title
 from .export import EXPORT_FORMATS, ExportableSegmenter, ExportError, FormatCheck, export_model
 from .inputs import IMAGE_SUFFIXES, SliceInput, natural_key, resolve_inputs
 from .model import StrictCheckpointer, build_inference_model
@@ -10,11 +9,6 @@ from .samples import load_sample_slices, synthetic_slices
 from .summary import PatientVolume, SliceArea, VolumeSummary
 
 __all__ = [
-    "PredictionMasks",
-    "compose_grid",
-    "parse_grid",
-    "record_truth",
-    "tile_title",
     "EXPORT_FORMATS",
     "ExportableSegmenter",
     "ExportError",

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.data.io import atomic_write
+from brainseg.utils.errors import UserError
+from brainseg.utils.io import atomic_write
 
 from .predictor import SlicePredictor
 
@@ -38,7 +39,7 @@ FILE_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 INPUT_NAME, OUTPUT_NAME = "image", "tumour_probability"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A model that cannot be exported, or an export that disagrees with PyTorch."""
 
 

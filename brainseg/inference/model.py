@@ -13,7 +13,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
-from brainseg.engine import BrainSegCheckpointer, CheckpointError, ConfigError, load_config, resolve_device
+from brainseg.utils.checkpoint import BrainSegCheckpointer
+from brainseg.utils.config import load_config, resolve_device
+from brainseg.utils.errors import CheckpointError, ConfigError
 
 __all__ = ["StrictCheckpointer", "build_inference_model"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.engine import ConfigError
+from brainseg.utils.errors import ConfigError
 from brainseg.evaluation import tumour_probability
 
 __all__ = ["TTA_FLIPS", "SlicePredictor"]
@@ -40,7 +40,7 @@ class SlicePredictor:
         """
         Args:
             model: a detectron2-style model whose eval outputs hold ``sem_seg`` (else
-                :class:`~brainseg.engine.ConfigError` at the first call).
+                :class:`~brainseg.utils.errors.ConfigError` at the first call).
             tta: average over the four flips.
         """
         self.model = model.eval()

@@ -21,8 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from brainseg.data import LGGDataError, read_lgg_image, read_lgg_mask
-from brainseg.data.io import atomic_write
-from brainseg.utils.overlay import save_overlay_png
+from brainseg.utils.io import atomic_write
+from brainseg.visualization.overlay import save_overlay_png
 
 from .inputs import SliceInput
 from .summary import VolumeSummary

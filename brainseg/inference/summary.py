@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from brainseg.data.io import atomic_write
+from brainseg.utils.io import atomic_write
 
 __all__ = ["SliceArea", "PatientVolume", "VolumeSummary"]
 

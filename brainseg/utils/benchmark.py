@@ -14,12 +14,13 @@ Example::
     timings = benchmark({"ours": run_ours, "reference": run_reference}, repeats=20)
     print(format_table(timings, baseline="reference"))
 """
+import platform
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-__all__ = ["Timing", "benchmark", "format_table"]
+__all__ = ["Timing", "benchmark", "format_table", "cpu_model_name"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,15 @@ def format_table(timings: Mapping[str, Timing], *, baseline: Optional[str] = Non
             row += f" {timings[baseline].median / t.median:.2f}x |"
         rows.append(row)
     return "\n".join(rows)
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

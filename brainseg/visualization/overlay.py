@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import torch
 
-from brainseg.data.io import atomic_write, read_lgg_image
+from brainseg.data.io import read_lgg_image
+from brainseg.utils.io import atomic_write
 from brainseg.evaluation.masks import prediction_mask, truth_mask
 from brainseg.evaluation.metrics import dice_score, surface_voxels
 

@@ -13,13 +13,10 @@ from typing import Any, Dict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..data.io import atomic_write
+from .errors import CheckpointError
+from .io import atomic_write
 
-__all__ = ["BrainSegCheckpointer", "CheckpointError"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read safely, or does not fit the model."""
+__all__ = ["BrainSegCheckpointer"]
 
 
 class BrainSegCheckpointer(DetectionCheckpointer):
@@ -43,17 +40,8 @@ class BrainSegCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
-        tmp = os.path.join(self.save_dir, f".{basename}.tmp{os.getpid()}")
         self.logger.info(f"Saving checkpoint to {path}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

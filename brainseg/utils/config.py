@@ -8,13 +8,11 @@ from detectron2.config import LazyConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "load_config", "apply_strict_overrides", "resolve_device"]
+from .errors import ConfigError
+
+__all__ = ["load_config", "apply_strict_overrides", "resolve_device"]
 
 _MISSING = object()
-
-
-class ConfigError(ValueError):
-    """A config file or override the user got wrong."""
 
 
 def _accepts_keyword(target, name: str) -> bool:

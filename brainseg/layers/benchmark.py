@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark multi-scale deformable attention on CPU: ours vs PyTorch vs a PyPI peer.
 
 Times forward and forward+backward (gradients for value, locations and weights) of
@@ -14,36 +13,23 @@ median of interleaved repetitions (:mod:`brainseg.utils.benchmark`).
 
 Usage::
 
-    python tools/benchmark_ms_deform_attn.py [--threads 2] [--repeats 15] [--queries 1000]
+    python tools/benchmark.py ms_deform_attn [--threads 2] [--repeats 15] [--queries 1000]
 """
 import argparse
 import os
-import platform
-import subprocess
 import sys
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from brainseg.layers import extension_status, ms_deform_attn, ms_deform_attn_pytorch
-from brainseg.utils.benchmark import benchmark, format_table
+from ..utils.benchmark import benchmark, cpu_model_name, format_table
+from .ms_deform_attn_function import extension_status, ms_deform_attn, ms_deform_attn_pytorch
 
 CASES: Dict[str, List[Tuple[int, int]]] = {
     "3 levels (32², 16², 8²)": [(32, 32), (16, 16), (8, 8)],
     "4 levels (64², 32², 16², 8²)": [(64, 64), (32, 32), (16, 16), (8, 8)],
 }
 OpFn = Callable[..., torch.Tensor]
-
-
-def cpu_model_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def load_peer():
@@ -96,7 +82,8 @@ def max_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> floa
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
-def main() -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/benchmark.py ms_deform_attn``: prints the tables; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
@@ -106,7 +93,7 @@ def main() -> int:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--channels", type=int, default=32, help="channels per head")
     parser.add_argument("--points", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     status = extension_status()
     if not status["cpu"]:
@@ -149,7 +136,3 @@ def main() -> int:
             print(format_table(timings, baseline="pytorch"))
     print(f"\nload average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

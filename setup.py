@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from setuptools import find_packages, setup
 
@@ -121,6 +121,22 @@ def get_extensions() -> list:
     ]
 
 
+def project_packages() -> Dict[str, str]:
+    """The Python packages of ``projects/<Name>/`` (e.g. ``projects/MaskDINO/maskdino``), each
+    installed under its own name (``import maskdino``): a new project needs no edit here.
+
+    Returns:
+        {package name: its folder relative to the repository}, subpackages included.
+    """
+    mapping = {}
+    for project in sorted((ROOT / "projects").iterdir()):
+        if not project.is_dir():
+            continue
+        for package in find_packages(str(project), exclude=("tests", "tests.*", "configs", "configs.*")):
+            mapping[package] = str(Path("projects", project.name, *package.split(".")))
+    return mapping
+
+
 def get_cmdclass() -> dict:
     """Use torch's BuildExtension (ninja) when there is something to build."""
     if not get_extensions():
@@ -136,7 +152,8 @@ if __name__ == "__main__":  # setuptools runs this file as __main__; tools/check
         version="0.1.0",
         description="Detectron2-based brain-tumour segmentation toolkit for LGG MRI",
         python_requires=">=3.10",
-        packages=find_packages(exclude=("tests", "configs", "tools", "projects", "datasets")),
+        packages=find_packages(exclude=("tests", "configs", "tools", "projects", "datasets")) + list(project_packages()),
+        package_dir=project_packages(),
         package_data={"brainseg": ["layers/csrc/**/*"]},
         ext_modules=get_extensions(),
         cmdclass=get_cmdclass(),

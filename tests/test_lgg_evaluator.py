@@ -20,7 +20,14 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 
 from brainseg.data.io import LGGDataError
-from brainseg.evaluation import LGGCOCOEvaluator, LGGEvaluator, build_evaluators, hausdorff_distance_95, seed_iou_dice
+from brainseg.evaluation import (
+    LGGCOCOEvaluator,
+    LGGEvaluator,
+    build_evaluators,
+    hausdorff_distance_95,
+    seed_iou_dice,
+    surface_metrics,
+)
 
 SIZE = 32
 
@@ -205,6 +212,8 @@ def test_all_empty_split(tmp_path):
     records = make_records(tmp_path, cases)
     res = run(LGGEvaluator("lgg_eval_empty", distributed=False), records, [sem_seg_output(EMPTY)] * 2, [[0], [1]])
     assert math.isnan(res["dice_global"]) and math.isnan(res["dice_volume_mean"]) and math.isnan(res["hd95"])
+    # Both masks empty for every patient: no surface metric is defined.
+    assert math.isnan(res["assd"]) and math.isnan(res["nsd_1vox"]) and math.isnan(res["nsd_2vox"])
     assert (res["n_empty_slices"], res["n_empty_patients"], res["n_hd95_excluded"]) == (2, 2, 2)
     assert res["pixel_accuracy"] == 1.0 and res["presence_accuracy"] == 1.0
     assert res["seed_iou"] == 1.0 and res["seed_dice"] == 1.0
@@ -226,7 +235,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         evaluator.process([{k: v for k, v in records[0].items() if k != "patient_id"}], [output])
     with pytest.raises(ValueError, match="A_1.tif is 16x16; the record says 32x32"):
         evaluator.process([records[0]], [{"sem_seg": torch.zeros(2, 16, 16)}])
-    with pytest.raises(KeyError, match="needs 'sem_seg' or 'instances' in the model output"):
+    with pytest.raises(KeyError, match="needs 'tumour_probability', 'sem_seg' or 'instances' in the model output"):
         evaluator.process([records[0]], [{"panoptic_seg": None}])
     with pytest.raises(KeyError, match="mask_source='instances' needs 'instances'"):
         LGGEvaluator("lgg_eval_errors", mask_source="instances").process([records[0]], [output])
@@ -240,11 +249,164 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         evaluator.evaluate()
 
 
-def _evaluate_in_two_processes(records, outputs, result_prefix):
+def read_per_patient_csv(path):
+    with open(path) as f:
+        return {row["patient_id"]: row for row in csv.DictReader(f)}
+
+
+def test_surface_metrics_units_and_empty_patients(tmp_path):
+    records = make_records(tmp_path)
+    outputs = [sem_seg_output(p) for *_, p in CASES]
+    in_voxels = run(
+        LGGEvaluator("lgg_eval_surface", distributed=False, output_dir=str(tmp_path)),
+        records,
+        outputs,
+        [[0, 1, 2, 3, 4]],
+    )
+    # A has both masks; B only a prediction: HD95 and ASSD from A alone, NSD 0 for B in the mean.
+    a = surface_metrics(*stacked("A", [1, 2, 3]), tolerances=(1.0, 2.0))
+    assert in_voxels["surface_in_mm"] == 0 and "nsd_1mm" not in in_voxels
+    assert in_voxels["hd95"] == pytest.approx(a.hd95) and in_voxels["assd"] == pytest.approx(a.assd)
+    assert in_voxels["nsd_1vox"] == pytest.approx(a.nsd[0] / 2) and in_voxels["nsd_2vox"] == pytest.approx(a.nsd[1] / 2)
+    assert 0 < a.nsd[0] < a.nsd[1] < 1
+    rows = read_per_patient_csv(tmp_path / "lgg_per_patient.csv")
+    assert float(rows["A"]["assd"]) == pytest.approx(a.assd, abs=1e-6) and rows["A"]["surface_units"] == "voxels"
+    assert (rows["B"]["hd95"], rows["B"]["assd"], float(rows["B"]["nsd_1vox"])) == ("nan", "nan", 0.0)
+
+    spacing = (3.0, 0.5, 0.5)
+    in_mm = run(
+        LGGEvaluator("lgg_eval_surface", distributed=False, spacing=spacing, nsd_tolerances=[0.5, 1.5]),
+        records,
+        outputs,
+        [[0, 1, 2, 3, 4]],
+    )
+    a = surface_metrics(*stacked("A", [1, 2, 3]), spacing=spacing, tolerances=(0.5, 1.5))
+    assert in_mm["surface_in_mm"] == 1 and in_mm["hd95"] == pytest.approx(a.hd95)
+    assert in_mm["assd"] == pytest.approx(a.assd)
+    assert (in_mm["nsd_0.5mm"], in_mm["nsd_1.5mm"]) == (pytest.approx(a.nsd[0] / 2), pytest.approx(a.nsd[1] / 2))
+    # Everything else is independent of the spacing and the tolerances.
+    for key in ("dice_volume_mean", "dice_global", "n_hd95_excluded", "seed_dice"):
+        assert in_mm[key] == in_voxels[key]
+    with pytest.raises(ValueError, match="distinct"):
+        LGGEvaluator("lgg_eval_surface", nsd_tolerances=[1, 1.0])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        LGGEvaluator("lgg_eval_surface", nsd_tolerances=[-1.0])
+
+
+# Patient C has both masks, for the spacing fallback.
+CASES_C = CASES + [("C", 1, square(4, 4, 6), square(4, 6, 6)), ("C", 2, square(4, 4, 6), EMPTY)]
+
+
+def test_patient_spacing_table_with_fallback(tmp_path):
+    records = make_records(tmp_path, CASES_C)
+    outputs = [sem_seg_output(p) for *_, p in CASES_C]
+    table = tmp_path / "spacing.csv"
+    table.write_text("patient,spacing_z,spacing_y,spacing_x,comment\nA,3.0,0.5,0.5,from DICOM\nB,2.5,0.8,0.8,\n")
+    evaluator = LGGEvaluator(
+        "lgg_eval_patient_spacing",
+        distributed=False,
+        output_dir=str(tmp_path),
+        patient_spacing=str(table),
+        spacing=(6.0, 1.0, 1.0),
+    )
+    batches = [[i] for i in range(len(CASES_C))]
+    res = run(evaluator, records, outputs, batches)
+    rows = read_per_patient_csv(tmp_path / "lgg_per_patient.csv")
+    expected = {
+        "A": hausdorff_distance_95(*stacked("A", [1, 2, 3], CASES_C), spacing=(3.0, 0.5, 0.5)),
+        "C": hausdorff_distance_95(*stacked("C", [1, 2], CASES_C), spacing=(6.0, 1.0, 1.0)),  # the fallback
+    }
+    for patient, hd95 in expected.items():
+        assert float(rows[patient]["hd95"]) == pytest.approx(hd95, abs=1e-6)
+    assert expected["A"] != hausdorff_distance_95(*stacked("A", [1, 2, 3], CASES_C), spacing=(6.0, 1.0, 1.0))
+    assert res["hd95"] == pytest.approx(np.mean(list(expected.values())))
+    assert [rows[p]["spacing_z"] for p in "ABC"] == ["3.000000", "2.500000", "6.000000"]
+    assert res["surface_in_mm"] == 1 and rows["C"]["surface_units"] == "mm"
+    # The same table as a dict, and from the dataset metadata, give the same results.
+    as_dict = {"A": (3.0, 0.5, 0.5), "B": [2.5, 0.8, 0.8]}
+    kwargs = dict(distributed=False, spacing=(6.0, 1.0, 1.0))
+    assert (
+        run(LGGEvaluator("lgg_eval_patient_spacing", patient_spacing=as_dict, **kwargs), records, outputs, batches)
+        == res
+    )
+    name = f"lgg_eval_meta_spacing_{uuid.uuid4().hex}"
+    MetadataCatalog.get(name).set(patient_spacing=as_dict, spacing=(6.0, 1.0, 1.0))
+    assert run(LGGEvaluator(name, distributed=False), records, outputs, batches) == res
+
+
+def test_patient_spacing_errors(tmp_path):
+    records = make_records(tmp_path, CASES_C)
+    output = sem_seg_output(EMPTY)
+    table = tmp_path / "spacing.csv"
+    table.write_text("patient,spacing_z,spacing_y,spacing_x\nA,3.0,0.5,0.5\n")
+    evaluator = LGGEvaluator("lgg_eval_spacing_errors", distributed=False, patient_spacing=table)
+    evaluator.process([records[0]], [output])  # patient A is in the table
+    with pytest.raises(LGGDataError, match="patient B is not in the patient spacing table and no global spacing"):
+        evaluator.process([records[3]], [output])
+    bad_tables = {
+        "patient,spacing_z,spacing_y\nA,1,1\n": r"lacks the column\(s\) \['spacing_x'\]",
+        "patient,spacing_z,spacing_y,spacing_x\nA,1,1,1\nA,2,2,2\n": "line 3: patient A is listed twice",
+        "patient,spacing_z,spacing_y,spacing_x\nA,1,0,1\n": "line 2: spacing must be 3 positive numbers",
+        "patient,spacing_z,spacing_y,spacing_x\nA,1,one,1\n": "line 2: spacing must be 3 numbers",
+        "patient,spacing_z,spacing_y,spacing_x\n": "lists no patient",
+    }
+    for text, message in bad_tables.items():
+        table.write_text(text)
+        with pytest.raises(LGGDataError, match=message):
+            LGGEvaluator("lgg_eval_spacing_errors", patient_spacing=table)
+    with pytest.raises(LGGDataError, match="not found: .*nowhere.csv"):
+        LGGEvaluator("lgg_eval_spacing_errors", patient_spacing=tmp_path / "nowhere.csv")
+    with pytest.raises(LGGDataError, match="patient spacing of A: spacing must be 3 positive numbers"):
+        LGGEvaluator("lgg_eval_spacing_errors", patient_spacing={"A": (1.0, 1.0)})
+
+
+def test_largest_component_mode(tmp_path):
+    # P: truth a 4x4 square on slices 1-3 (48 voxels, one component across slices); the prediction
+    # adds a 6x6 false positive on slice 2, larger than the truth's part of that slice but smaller
+    # than the 3-D component: only the 3-D largest component keeps the tumour.
+    tumour, false_positive = square(4, 4, 4), square(20, 20, 6)
+    cases = [
+        ("P", 1, tumour, tumour),
+        ("P", 2, tumour, tumour | false_positive),
+        ("P", 3, tumour, tumour),
+        ("Q", 1, square(5, 5, 10), square(5, 8, 10)),  # one component: LCC changes nothing
+        ("R", 1, square(5, 5, 10), EMPTY),  # nothing predicted
+        ("S", 1, EMPTY, EMPTY),
+    ]
+    records = make_records(tmp_path, cases)
+    outputs = [sem_seg_output(p) for *_, p in cases]
+    plain = run(LGGEvaluator("lgg_eval_lcc", distributed=False), records, outputs, [list(range(6))])
+    lcc = run(
+        LGGEvaluator("lgg_eval_lcc", distributed=False, output_dir=str(tmp_path), largest_component=True),
+        records,
+        outputs,
+        [list(range(6))],
+    )
+    new_keys = {"dice_volume_mean_lcc", "dice_volume_median_lcc", "iou_volume_mean_lcc", "hd95_lcc", "assd_lcc"}
+    assert lcc.keys() - plain.keys() == new_keys | {"nsd_1vox_lcc", "nsd_2vox_lcc"}
+    for key, value in plain.items():
+        assert lcc[key] == pytest.approx(value, nan_ok=True), key
+    # Plain Dice of P: 2*48 / (48 + 84) = 8/11; with the largest component it is perfect.
+    assert plain["dice_volume_mean"] == pytest.approx((8 / 11 + 0.7 + 0) / 3)
+    assert lcc["dice_volume_mean_lcc"] == pytest.approx((1 + 0.7 + 0) / 3)
+    assert plain["dice_volume_median"] == pytest.approx(0.7) and lcc["dice_volume_median_lcc"] == pytest.approx(0.7)
+    assert lcc["iou_volume_mean_lcc"] == pytest.approx((1 + 7 / 13 + 0) / 3)
+    hd95_q = hausdorff_distance_95(*stacked("Q", [1], cases))
+    assert lcc["hd95_lcc"] == pytest.approx((0 + hd95_q) / 2) and plain["hd95"] > lcc["hd95_lcc"]
+    nsd_q = surface_metrics(*stacked("Q", [1], cases), tolerances=(1.0,)).nsd[0]
+    assert lcc["nsd_1vox_lcc"] == pytest.approx((1 + nsd_q + 0) / 3)  # R: one mask empty -> 0; S skipped
+    rows = read_per_patient_csv(tmp_path / "lgg_per_patient.csv")
+    assert (rows["P"]["prediction_voxels"], rows["P"]["prediction_voxels_lcc"]) == ("84", "48")
+    assert (float(rows["P"]["dice"]), float(rows["P"]["dice_lcc"])) == (pytest.approx(8 / 11, abs=1e-6), 1.0)
+    assert float(rows["P"]["assd_lcc"]) == 0.0 and float(rows["Q"]["dice_lcc"]) == pytest.approx(0.7)
+    assert (rows["R"]["prediction_voxels_lcc"], rows["S"]["dice_lcc"]) == ("0", "nan")
+
+
+def _evaluate_in_two_processes(records, outputs, result_prefix, options):
     torch.set_num_threads(1)
     try:
         rank = comm.get_rank()
-        evaluator = LGGEvaluator("lgg_eval_dist")  # distributed=True
+        evaluator = LGGEvaluator("lgg_eval_dist", **options)  # distributed=True
         evaluator.reset()
         for i in range(rank, len(records), 2):  # interleaved: both patients are split across processes
             evaluator.process([records[i]], [outputs[i]])
@@ -258,9 +420,11 @@ def _evaluate_in_two_processes(records, outputs, result_prefix):
 def test_two_processes_equal_one_process(tmp_path):
     records = make_records(tmp_path)
     outputs = [sem_seg_output(p) for *_, p in CASES]
-    single = run(LGGEvaluator("lgg_eval_dist", distributed=False), records, outputs, [[i] for i in range(5)])
+    options = dict(largest_component=True, patient_spacing={"A": (3.0, 0.5, 0.5)}, spacing=(1.0, 1.0, 1.0))
+    single = run(LGGEvaluator("lgg_eval_dist", distributed=False, **options), records, outputs, [[i] for i in range(5)])
+    assert {"dice_volume_mean_lcc", "hd95_lcc", "nsd_1mm", "nsd_2mm_lcc"} <= single.keys()
     prefix = str(tmp_path / "rank")
-    launch(_evaluate_in_two_processes, 2, dist_url="auto", args=(records, outputs, prefix))
+    launch(_evaluate_in_two_processes, 2, dist_url="auto", args=(records, outputs, prefix, options))
     with open(prefix + "0.json") as f:
         main = json.load(f)
     with open(prefix + "1.json") as f:

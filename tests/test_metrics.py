@@ -16,7 +16,6 @@ from brainseg.evaluation.metrics import (
     seed_iou_dice,
     surface_voxels,
     symmetric_surface_distances,
-    tumour_probability,
 )
 
 
@@ -142,12 +141,3 @@ def test_seed_iou_dice_known_batch():
     assert seed_iou_dice(0, 7)[0] == 1e-5 / (7 + 1e-5)
     with pytest.raises(ValueError, match="intersection <= union"):
         seed_iou_dice(5, 4)
-
-
-def test_tumour_probability_from_probabilities_and_logits():
-    probabilities = torch.tensor([[[0.3, 0.6]], [[0.7, 0.4]]])
-    assert torch.equal(tumour_probability(probabilities), torch.tensor([[0.7, 0.4]]))
-    logits = torch.tensor([[[0.0, 0.0]], [[math.log(3.0), -math.log(3.0)]]])
-    assert torch.allclose(tumour_probability(logits), torch.tensor([[0.75, 0.25]]))
-    with pytest.raises(ValueError, match=r"\(2, H, W\)"):
-        tumour_probability(torch.zeros(3, 4, 4))

@@ -12,14 +12,12 @@ from typing import Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco import coco_json_path, load_coco_records
+from .coco import coco_json_path, ensure_coco_json, load_coco_records
 from .records import load_lgg_records
-from .split import SPLITS
+from .split import DEFAULT_SPLIT_RATIOS, DEFAULT_SPLIT_SEED, SPLITS
 
-__all__ = ["register_lgg_dataset", "register_all_lgg", "datasets_root", "DEFAULT_SPLIT_RATIOS"]
+__all__ = ["register_lgg_dataset", "register_all_lgg", "datasets_root"]
 
-DEFAULT_SPLIT_RATIOS = (0.7, 0.15, 0.15)
-DEFAULT_SPLIT_SEED = 0
 _BUILTIN_ROOTS = {"lgg": "lgg", "lgg_demo": "lgg_demo"}
 
 
@@ -34,7 +32,7 @@ def _lgg_metadata(root: str, split: str, ratios: Sequence[float], seed: int) -> 
         "split": split,
         "split_ratios": tuple(ratios),
         "split_seed": seed,
-        "json_file": coco_json_path(root, split),
+        "json_file": coco_json_path(root, split, ratios=ratios, seed=seed),
         "thing_classes": ["tumor"],
         "thing_dataset_id_to_contiguous_id": {1: 0},
         "stuff_classes": ["background", "tumor"],
@@ -51,7 +49,8 @@ def register_lgg_dataset(
     ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
     seed: int = DEFAULT_SPLIT_SEED,
 ) -> None:
-    """Register one split of an LGG dataset, and ``<name>_coco`` reading its converted json.
+    """Register one split of an LGG dataset, and ``<name>_coco`` reading its COCO json (converted
+    on first use, and again when the file on disk holds another split).
 
     Nothing is read until the dataset is used.
 
@@ -69,8 +68,13 @@ def register_lgg_dataset(
     DatasetCatalog.register(name, functools.partial(load_lgg_records, root, split, ratios=ratios, seed=seed))
     MetadataCatalog.get(name).set(**metadata)
     coco_name = f"{name}_coco"
-    DatasetCatalog.register(coco_name, functools.partial(load_coco_records, metadata["json_file"]))
+    DatasetCatalog.register(coco_name, functools.partial(_load_coco_split, name))
     MetadataCatalog.get(coco_name).set(**metadata)
+
+
+def _load_coco_split(name: str) -> list:
+    """Records of ``<name>_coco``: its json, converted first when missing or of another split."""
+    return load_coco_records(ensure_coco_json(name))
 
 
 def register_all_lgg(root: Union[str, os.PathLike, None] = None) -> None:

@@ -11,9 +11,9 @@ from ..utils.errors import LGGDataError
 from ..utils.io import atomic_write
 from .lgg import find_kaggle_root
 from .records import load_lgg_records
-from .split import SPLITS, split_patients
+from .split import DEFAULT_SPLIT_RATIOS, DEFAULT_SPLIT_SEED, SPLITS, split_patients
 
-__all__ = ["convert_lgg_to_coco", "records_to_coco", "load_coco_records", "ensure_coco_json", "coco_json_path"]
+__all__ = ["convert_lgg_to_coco", "records_to_coco", "load_coco_records", "ensure_coco_json", "coco_json_path", "coco_json_name"]
 
 TUMOR_CATEGORY = {"id": 1, "name": "tumor", "supercategory": "lesion"}
 
@@ -54,11 +54,12 @@ def convert_lgg_to_coco(
     root: Union[str, os.PathLike],
     out_dir: Union[str, os.PathLike],
     *,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
+    ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
+    seed: int = DEFAULT_SPLIT_SEED,
     polygons: bool = False,
 ) -> Dict[str, str]:
-    """Convert an LGG dataset into ``lgg_{train,val,test}.json`` under ``out_dir``.
+    """Convert an LGG dataset into one json per split under ``out_dir``, named by
+    :func:`coco_json_name` (``lgg_{train,val,test}.json`` for the default split).
 
     Every slice is read and validated before anything is written; each file is written to a
     temporary name and renamed, so a failure never leaves a half-written json behind.
@@ -92,7 +93,7 @@ def convert_lgg_to_coco(
     out_dir = Path(out_dir)
     paths = {}
     for split, payload in payloads.items():
-        paths[split] = str(out_dir / f"lgg_{split}.json")
+        paths[split] = str(out_dir / coco_json_name(split, ratios=ratios, seed=seed))
         atomic_write(paths[split], payload)
     return paths
 
@@ -141,9 +142,23 @@ def load_coco_records(json_file: Union[str, os.PathLike], kaggle_root: Optional[
     return records
 
 
-def coco_json_path(root: Union[str, os.PathLike], split: str) -> str:
-    """Where the converted json of ``split`` lives for a dataset root: ``<root>/coco/lgg_<split>.json``."""
-    return str(Path(root) / "coco" / f"lgg_{split}.json")
+def coco_json_name(split: str, *, ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
+                   seed: int = DEFAULT_SPLIT_SEED) -> str:
+    """The json file name of one split: ``lgg_<split>.json`` for the default patient split,
+    ``lgg_<split>_split<70-15-15>_seed<s>.json`` for any other, so that registrations of one root
+    with different splits never overwrite each other's files."""
+    ratios = tuple(float(r) for r in ratios)
+    if ratios == tuple(DEFAULT_SPLIT_RATIOS) and seed == DEFAULT_SPLIT_SEED:
+        return f"lgg_{split}.json"
+    percents = "-".join(f"{100 * r:g}" for r in ratios)
+    return f"lgg_{split}_split{percents}_seed{seed}.json"
+
+
+def coco_json_path(root: Union[str, os.PathLike], split: str, *, ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
+                   seed: int = DEFAULT_SPLIT_SEED) -> str:
+    """Where the converted json of ``split`` lives for a dataset root: ``<root>/coco/<name>``
+    (:func:`coco_json_name`)."""
+    return str(Path(root) / "coco" / coco_json_name(split, ratios=ratios, seed=seed))
 
 
 def ensure_coco_json(dataset_name: str) -> str:

@@ -13,8 +13,8 @@ import argparse
 import time
 
 from ..utils.errors import LGGDataError, UserError
-from .catalog import DEFAULT_SPLIT_RATIOS
 from .coco import convert_lgg_to_coco
+from .split import DEFAULT_SPLIT_RATIOS, DEFAULT_SPLIT_SEED
 
 __all__ = ["main"]
 
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--polygons", action="store_true", help="polygons instead of compressed RLE")
     parser.add_argument("--ratios", type=float, nargs=3, default=DEFAULT_SPLIT_RATIOS,
                         metavar=("TRAIN", "VAL", "TEST"), help="patient split fractions")
-    parser.add_argument("--seed", type=int, default=0, help="patient split seed")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED, help="patient split seed")
     return parser.parse_args(argv)
 
 

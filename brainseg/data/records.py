@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Union
 from .instances import mask_to_annotations
 from .io import read_lgg_image, read_lgg_mask
 from .lgg import LGGSlice, discover_lgg
-from .split import split_patients
+from .split import DEFAULT_SPLIT_RATIOS, DEFAULT_SPLIT_SEED, split_patients
 
 __all__ = ["load_lgg_records", "slice_record"]
 
@@ -42,8 +42,8 @@ def load_lgg_records(
     root: Union[str, os.PathLike],
     split: Optional[str] = None,
     *,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
+    ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
+    seed: int = DEFAULT_SPLIT_SEED,
     polygons: bool = False,
     num_threads: Optional[int] = None,
 ) -> List[dict]:

@@ -3,13 +3,16 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-__all__ = ["SPLITS", "split_patients"]
+__all__ = ["SPLITS", "DEFAULT_SPLIT_RATIOS", "DEFAULT_SPLIT_SEED", "split_patients"]
 
 SPLITS = ("train", "val", "test")
+# the default patient split: 70 / 15 / 15 % of patients, shuffled with seed 0
+DEFAULT_SPLIT_RATIOS = (0.7, 0.15, 0.15)
+DEFAULT_SPLIT_SEED = 0
 
 
 def split_patients(
-    patient_ids: Sequence[str], *, ratios: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+    patient_ids: Sequence[str], *, ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS, seed: int = DEFAULT_SPLIT_SEED
 ) -> Dict[str, list]:
     """Assign patients to train/val/test.
 

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import brainseg.data  # noqa: F401  (registers the LGG datasets)
 import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
+from brainseg.modeling.postprocessing import model_mask_threshold
 from brainseg.utils.checkpoint import BrainSegCheckpointer
 from brainseg.utils.config import load_config, resolve_device
 from brainseg.utils.errors import UserError
@@ -119,7 +120,7 @@ def write_overlays(cfg, model) -> None:
         return
     out_dir = os.path.join(cfg.train.output_dir, "overlays")
     paths = write_dataset_overlays(model, instantiate(cfg.dataloader.test), out_dir,
-                                   max_patients=options.get("max_patients", 4))
+                                   max_patients=options.get("max_patients", 4), threshold=model_mask_threshold(model))
     logger.info(f"Wrote {len(paths)} overlay figures to {out_dir}")
 
 

@@ -82,7 +82,7 @@ def build_evaluators(
         distributed: gather the results of all processes before evaluating.
         lgg_options: extra keyword arguments of :class:`LGGEvaluator` (``threshold``,
             ``score_threshold``, ``min_presence_area``, ``mask_source``, ``spacing``,
-            ``compute_hd95``).
+            ``patient_spacing``, ``compute_hd95``, ``nsd_tolerances``, ``largest_component``).
 
     Returns:
         DatasetEvaluators: results ``{"lgg": {...}}`` plus, with ``coco``, ``{"segm": {...},

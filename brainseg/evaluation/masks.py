@@ -8,7 +8,7 @@ import torch
 
 from brainseg.data.io import read_lgg_mask
 
-from .metrics import tumour_probability
+from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD, TUMOUR_PROBABILITY, tumour_mask, tumour_probability
 
 __all__ = ["MASK_SOURCES", "prediction_mask", "truth_mask", "describe_record"]
 
@@ -25,18 +25,21 @@ def prediction_mask(
     output: Dict[str, Any],
     *,
     mask_source: str = "auto",
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_MASK_THRESHOLD,
     score_threshold: float = 0.5,
 ) -> np.ndarray:
     """The predicted tumour mask of one slice.
 
     Args:
         record: the slice's dataset record (``height``/``width`` are checked when present).
-        output: the model's output for the slice: ``sem_seg`` (2, H, W) (background, tumour)
-            scores and/or ``instances`` with ``pred_masks`` and ``scores``.
-        mask_source: "auto" (``sem_seg`` if present, else ``instances``), "sem_seg" or
-            "instances".
-        threshold: the mask is tumour probability > ``threshold`` (``sem_seg``).
+        output: the model's output for the slice: the tumour probability (``tumour_probability``,
+            or ``sem_seg`` (2, H, W) scores; see
+            :func:`brainseg.modeling.postprocessing.tumour_probability`) and/or ``instances`` with
+            ``pred_masks`` and ``scores``.
+        mask_source: "auto" (the probability if present, else ``instances``), "sem_seg" (the
+            probability) or "instances".
+        threshold: the model's ``mask_threshold`` (``sem_seg``; see
+            :func:`brainseg.modeling.postprocessing.tumour_mask`).
         score_threshold: instances with score >= this are united (``instances``).
 
     Returns:
@@ -47,18 +50,20 @@ def prediction_mask(
         ValueError: unknown ``mask_source``; prediction size differs from the record's.
     """
     if mask_source == "auto":
-        use_sem_seg, needed = "sem_seg" in output, "'sem_seg' or 'instances'"
+        use_sem_seg = TUMOUR_PROBABILITY in output or "sem_seg" in output
+        needed = f"'{TUMOUR_PROBABILITY}', 'sem_seg' or 'instances'"
     elif mask_source in MASK_SOURCES:
         use_sem_seg, needed = mask_source == "sem_seg", repr(mask_source)
     else:
         raise ValueError(f"mask_source must be one of {MASK_SOURCES}; got {mask_source!r}")
-    if ("sem_seg" if use_sem_seg else "instances") not in output:
+    has_probability = TUMOUR_PROBABILITY in output or "sem_seg" in output
+    if not (has_probability if use_sem_seg else "instances" in output):
         raise KeyError(
             f"mask_source={mask_source!r} needs {needed} in the model output for "
             f"{describe_record(record)}; the output has {sorted(output)}"
         )
     if use_sem_seg:
-        mask = tumour_probability(output["sem_seg"].detach().cpu()) > threshold
+        mask = tumour_mask(tumour_probability(output).detach().cpu(), threshold)
     else:
         instances = output["instances"].to("cpu")
         if not instances.has("pred_masks"):
@@ -78,9 +83,9 @@ def prediction_mask(
 def truth_mask(record: Dict[str, Any], shape: Tuple[int, int]) -> np.ndarray:
     """The ground-truth tumour mask of one slice.
 
-    Taken from the record's ``sem_seg`` tensor (values 0/1, as the dataset mapper gives it)
-    when it has the prediction's ``shape``, otherwise read from ``sem_seg_file_name``
-    (0/255 or 0/1 on disk).
+    Taken from the record's ``sem_seg`` tensor when it has the prediction's ``shape`` (values 0/1
+    as brainseg's mapper gives them, or the raw 0/255 of the file that detectron2's own
+    DatasetMapper passes on), otherwise read from ``sem_seg_file_name`` (0/255 or 0/1 on disk).
 
     Args:
         record: the slice's dataset record.
@@ -92,9 +97,10 @@ def truth_mask(record: Dict[str, Any], shape: Tuple[int, int]) -> np.ndarray:
     sem_seg = record.get("sem_seg")
     if sem_seg is not None and tuple(sem_seg.shape) == tuple(shape):
         sem_seg = torch.as_tensor(sem_seg)
-        if bool(((sem_seg != 0) & (sem_seg != 1)).any()):
-            raise ValueError(f"'sem_seg' of {describe_record(record)} must hold 0/1 values")
-        return (sem_seg == 1).cpu().numpy()
+        for tumour in (1, 255):  # 0/1 from brainseg's mapper; raw 0/255 from detectron2's DatasetMapper
+            if not bool(((sem_seg != 0) & (sem_seg != tumour)).any()):
+                return (sem_seg == tumour).cpu().numpy()
+        raise ValueError(f"'sem_seg' of {describe_record(record)} must hold 0/1 (or 0/255) values")
     if "sem_seg_file_name" not in record:
         raise KeyError(f"need 'sem_seg_file_name' or 'sem_seg' in the record of {describe_record(record)}")
     return read_lgg_mask(record["sem_seg_file_name"], expected_shape=shape).astype(bool)

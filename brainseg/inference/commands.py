@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from brainseg.data import datasets_root
+from brainseg.modeling.postprocessing import model_mask_threshold
 from brainseg.utils.cli import positive_float, positive_int, probability
 
 from .export import EXPORT_FORMATS, export_model
@@ -62,7 +63,8 @@ spec and the measured differences). The exported model is normalisation + net + 
 
     input  "image": (B, 3, H, W) raw intensities 0..255 in file channel order (pre-contrast,
            FLAIR, post-contrast); uint8 or float for TorchScript, float32 for ONNX.
-    output "tumour_probability": (B, 1, H, W) in [0, 1]; tumour where > 0.5.
+    output "tumour_probability": (B, 1, H, W) in [0, 1]; tumour where > the model's mask_threshold
+           (recorded in export.json as "mask_threshold"; 0.5 in the shipped configs).
 
 B is dynamic (checked with 1 and 3); H and W are fixed at export (default 256x256) and must be multiples of the net's
 stride (32 for UNeXt; 2**depth for UNet/ResUNet): the graph does no padding. Each file is checked
@@ -96,7 +98,8 @@ def parse_predict_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input", required=True, metavar="PATH", help="image, folder, patient folder or LGG tree")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes)")
-    parser.add_argument("--threshold", type=probability, default=0.5, help="tumour if probability > T (default 0.5)")
+    parser.add_argument("--threshold", type=probability, default=None,
+                        help="tumour if probability > T (default: the config's model.mask_threshold)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     parser.add_argument("--spacing", type=positive_float, nargs=3, metavar=("SX", "SY", "SZ"),
                         help="voxel size in mm (pixel x, pixel y, slice spacing): volumes also in mm^3")
@@ -112,15 +115,16 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     check_output_folder(args.input, args.output)
     model, _ = build_inference_model(args.config_file, args.weights, args.opts)
     predictor = SlicePredictor(model, tta=args.tta)
+    threshold = model_mask_threshold(model) if args.threshold is None else args.threshold
     summary = VolumeSummary(spacing=args.spacing, metadata={
         "input": args.input, "config_file": args.config_file, "weights": args.weights,
-        "threshold": args.threshold, "tta": predictor.tta_names,
+        "threshold": threshold, "tta": predictor.tta_names,
     })
     logger.info(f"Predicting {len(slices)} slices from {args.input} with {type(model).__name__} "
                 f"on {next(model.parameters()).device} (TTA: {', '.join(predictor.tta_names)})")
     with logging_redirect_tqdm(loggers=[logger]):
         predict_to_folder(predictor, slices, args.output, summary, batch_size=args.batch_size,
-                          threshold=args.threshold, overlays=not args.no_overlays, progress=not args.no_progress)
+                          threshold=threshold, overlays=not args.no_overlays, progress=not args.no_progress)
     done = sum(len(v.slices) for v in summary.patients.values())
     logger.info(f"Wrote {done} masks for {len(summary.patients)} patients and the summary to {args.output}")
     if summary.failures:
@@ -160,7 +164,8 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     checks = export_model(
         model, args.output, samples, formats=args.format, opset=args.opset,
         dynamo=args.onnx_exporter == "dynamo", tolerance=args.tolerance,
-        metadata={"config_file": args.config_file, "weights": args.weights, "samples": origin},
+        metadata={"config_file": args.config_file, "weights": args.weights, "samples": origin,
+                  "mask_threshold": model_mask_threshold(model)},
     )
     for check in checks:
         result = f"max abs diff {check.max_abs_diff:.2e}" if check.verified else check.note

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from brainseg.utils.errors import ConfigError
-from brainseg.evaluation import tumour_probability
+from brainseg.modeling.postprocessing import TUMOUR_PROBABILITY, tumour_probability
 
 __all__ = ["TTA_FLIPS", "SlicePredictor"]
 
@@ -57,10 +57,10 @@ class SlicePredictor:
                   for im in images]
         probs = []
         for output in self.model(inputs):
-            if "sem_seg" not in output:
-                raise ConfigError(f"{type(self.model).__name__} returned no 'sem_seg' (outputs: {sorted(output)}); "
-                                  "prediction needs semantic (background, tumour) scores")
-            p = tumour_probability(output["sem_seg"]).float().cpu()
+            if TUMOUR_PROBABILITY not in output and "sem_seg" not in output:
+                raise ConfigError(f"{type(self.model).__name__} returned no '{TUMOUR_PROBABILITY}' nor 'sem_seg' "
+                                  f"(outputs: {sorted(output)}); prediction needs a tumour probability")
+            p = tumour_probability(output).float().cpu()
             probs.append(p.flip(dims) if dims else p)
         return probs
 

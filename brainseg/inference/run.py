@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from brainseg.data import LGGDataError, read_lgg_image, read_lgg_mask
+from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD, tumour_mask
 from brainseg.utils.io import atomic_write
 from brainseg.visualization.overlay import save_overlay_png
 
@@ -90,7 +91,7 @@ def predict_to_folder(
     summary: VolumeSummary,
     *,
     batch_size: int = 8,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_MASK_THRESHOLD,
     overlays: bool = True,
     progress: bool = True,
 ) -> VolumeSummary:
@@ -103,7 +104,7 @@ def predict_to_folder(
         out_dir: output folder (mirrors the input layout).
         summary: collects areas and failures (created with the spacing and run metadata).
         batch_size: slices per forward pass.
-        threshold: a pixel is tumour when its probability is > ``threshold``.
+        threshold: the model's ``mask_threshold`` (see :func:`brainseg.modeling.postprocessing.tumour_mask`).
         overlays: also write ``<stem>_overlay.png``.
         progress: show a tqdm progress bar.
 
@@ -112,15 +113,14 @@ def predict_to_folder(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1; got {batch_size}")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1); got {threshold}")
+    tumour_mask(torch.zeros(1), threshold)  # a bad threshold fails before anything is written
     out_dir = Path(out_dir)
     with tqdm(total=len(slices), unit="slice", desc="predict", disable=not progress) as bar:
         for batch in _batches(slices, batch_size):
             loaded = _read_batch(batch, summary)
             probabilities = predictor([image for _, image in loaded])
             for (item, image), probs in zip(loaded, probabilities):
-                mask = (probs > threshold).numpy()
+                mask = tumour_mask(probs, threshold).numpy()
                 target = out_dir / item.output_stem
                 atomic_write(target.with_name(f"{target.name}_mask.tif"), encode_mask_tiff(mask))
                 if overlays:

@@ -8,7 +8,13 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
-from .postprocessing import logits_to_probabilities, probabilities_to_instances, probabilities_to_sem_seg
+from .postprocessing import (
+    DEFAULT_MASK_THRESHOLD,
+    TUMOUR_PROBABILITY,
+    logits_to_probabilities,
+    probabilities_to_instances,
+    probabilities_to_sem_seg,
+)
 
 __all__ = ["BrainSegSemantic"]
 
@@ -39,7 +45,7 @@ class BrainSegSemantic(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         ignore_label: int = 255,
-        mask_threshold: float = 0.5,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
         size_divisibility: Optional[int] = None,
         channels_last: bool = True,
         compile_inference: bool = False,
@@ -51,7 +57,8 @@ class BrainSegSemantic(nn.Module):
                 ``ignore_label`` targets (see :mod:`brainseg.modeling.losses`).
             pixel_mean, pixel_std: per-channel statistics of the uint8 images.
             ignore_label: target value excluded from the loss; also used to pad targets.
-            mask_threshold: tumour probability above which a pixel belongs to an instance.
+            mask_threshold: tumour probability above which a pixel is tumour: for the instances
+                here, and for Dice, overlays, predict and export (see :mod:`.postprocessing`).
             size_divisibility: pad batches to multiples of this; default
                 ``net.size_divisibility`` (1 if the net has none).
             channels_last: run the net in channels-last memory format (faster convs on CPU).
@@ -127,6 +134,7 @@ class BrainSegSemantic(nn.Module):
         """Outputs of one image from its padded (1, Hp, Wp) logits."""
         probs = logits_to_probabilities(logits.float(), image_size, height, width)
         return {
+            TUMOUR_PROBABILITY: probs,
             "sem_seg": probabilities_to_sem_seg(probs),
             "instances": probabilities_to_instances(probs, threshold=self.mask_threshold),
         }

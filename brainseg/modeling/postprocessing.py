@@ -1,4 +1,10 @@
-"""Turn a tumour probability map into detectron2 outputs (semantic scores and instances)."""
+"""The tumour decision, in one place: a model's per-pixel tumour probability, and the mask
+``probability > mask_threshold`` that Dice, COCO instances, overlays, predict and export all use.
+
+Models put their probability map into each eval output under :data:`TUMOUR_PROBABILITY`
+(besides detectron2's ``sem_seg`` scores and ``instances``); :func:`tumour_probability` reads it
+back, and :func:`tumour_mask` thresholds it. The threshold is the model's ``mask_threshold``
+(config ``model.mask_threshold``; the evaluator's threshold interpolates from it)."""
 
 import cv2
 import numpy as np
@@ -6,7 +12,61 @@ import torch
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["probabilities_to_sem_seg", "probabilities_to_instances", "logits_to_probabilities"]
+__all__ = [
+    "TUMOUR_PROBABILITY",
+    "DEFAULT_MASK_THRESHOLD",
+    "model_mask_threshold",
+    "tumour_probability",
+    "tumour_mask",
+    "probabilities_to_sem_seg",
+    "probabilities_to_instances",
+    "logits_to_probabilities",
+]
+
+# the eval-output key of the (H, W) tumour probability map
+TUMOUR_PROBABILITY = "tumour_probability"
+# a pixel is tumour when its probability is above this (a model's default ``mask_threshold``)
+DEFAULT_MASK_THRESHOLD = 0.5
+
+
+def model_mask_threshold(model: torch.nn.Module) -> float:
+    """The model's ``mask_threshold`` (DDP-wrapped or not), else :data:`DEFAULT_MASK_THRESHOLD`."""
+    model = getattr(model, "module", model)
+    return float(getattr(model, "mask_threshold", DEFAULT_MASK_THRESHOLD))
+
+
+def tumour_probability(output: dict) -> torch.Tensor:
+    """The (H, W) tumour probability of one eval output.
+
+    brainseg's models give it under :data:`TUMOUR_PROBABILITY`. Other detectron2 models give
+    ``sem_seg`` scores (background, tumour), which are logits in detectron2's convention: their
+    softmax over the two channels is taken.
+
+    Args:
+        output: one element of a model's eval outputs.
+
+    Returns:
+        float (H, W) tensor, on the output's device.
+
+    Raises:
+        KeyError: the output has neither key.
+        ValueError: ``sem_seg`` is not (2, H, W).
+    """
+    if TUMOUR_PROBABILITY in output:
+        return output[TUMOUR_PROBABILITY].float()
+    if "sem_seg" not in output:
+        raise KeyError(f"the model output has no '{TUMOUR_PROBABILITY}' nor 'sem_seg' (it has {sorted(output)})")
+    scores = output["sem_seg"]
+    if scores.ndim != 3 or scores.shape[0] != 2:
+        raise ValueError(f"sem_seg scores must have shape (2, H, W) (background, tumour); got {tuple(scores.shape)}")
+    return torch.softmax(scores.float(), dim=0)[1]
+
+
+def tumour_mask(probability: torch.Tensor, threshold: float = DEFAULT_MASK_THRESHOLD) -> torch.Tensor:
+    """The tumour mask ``probability > threshold`` (bool, same shape)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"mask threshold must be in [0, 1); got {threshold}")
+    return probability > threshold
 
 
 def logits_to_probabilities(logits: torch.Tensor, image_size: tuple, height: int, width: int) -> torch.Tensor:
@@ -29,8 +89,8 @@ def probabilities_to_sem_seg(probs: torch.Tensor) -> torch.Tensor:
     return torch.stack([1 - probs, probs])
 
 
-def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = 0.5) -> Instances:
-    """One instance per 8-connected component of ``probs > threshold``.
+def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = DEFAULT_MASK_THRESHOLD) -> Instances:
+    """One instance per 8-connected component of ``tumour_mask(probs, threshold)``.
 
     Args:
         probs: (H, W) tumour probabilities.
@@ -44,7 +104,7 @@ def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = 0.5) -
     """
     height, width = probs.shape
     probs_np = probs.detach().float().cpu().numpy()
-    mask = (probs_np > threshold).astype(np.uint8)
+    mask = tumour_mask(probs.detach().float().cpu(), threshold).numpy().astype(np.uint8)
     num_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     areas = stats[1:, cv2.CC_STAT_AREA]
     sums = np.bincount(labels.ravel(), weights=probs_np.ravel(), minlength=num_labels)[1:]

@@ -25,6 +25,7 @@ import torch
 from brainseg.data.io import read_lgg_image
 from brainseg.utils.io import atomic_write
 from brainseg.evaluation.masks import prediction_mask, truth_mask
+from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD
 from brainseg.evaluation.metrics import dice_score, surface_voxels
 
 __all__ = [
@@ -260,7 +261,7 @@ def write_dataset_overlays(
     *,
     max_patients: int = 4,
     slices_per_patient: int = 4,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_MASK_THRESHOLD,
     mask_source: str = "auto",
 ) -> List[str]:
     """Run ``model`` on the first ``max_patients`` patients of a test loader and write one
@@ -277,7 +278,7 @@ def write_dataset_overlays(
         output_dir: folder of the PNGs (created).
         max_patients: number of patients drawn.
         slices_per_patient: rows per figure (the slices with the most tumour).
-        threshold: tumour-probability threshold, as in the evaluator.
+        threshold: the model's ``mask_threshold`` (as the evaluator uses it).
         mask_source: which output gives the prediction, as in the evaluator.
 
     Returns:

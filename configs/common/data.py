@@ -40,9 +40,11 @@ dataloader.test = L(build_lgg_test_loader)(
     num_workers=2,
 )
 
-# The dataset name is filled in by tools/train_net.py for the split being evaluated.
+# The dataset name is filled in by tools/train_net.py for the split being evaluated. The tumour
+# threshold is the model's: one decision for Dice, COCO instances, overlays, predict and export.
 dataloader.evaluator = L(build_evaluators)(
     dataset_name="${..test.dataset.names}",
     output_dir="${...train.output_dir}",
     coco=True,
+    lgg_options={"threshold": "${....model.mask_threshold}"},
 )

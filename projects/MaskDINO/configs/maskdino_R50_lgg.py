@@ -8,11 +8,14 @@
 
 import torch
 
-from ....configs.common.data import dataloader
-from ....configs.common.optim import optimizer
-from ....configs.common.schedule import lr_multiplier
-from ....configs.common.train import train
+from brainseg.model_zoo import get_config
+
 from .common.maskdino_r50 import model
+
+dataloader = get_config("common/data.py").dataloader
+optimizer = get_config("common/optim.py").optimizer
+lr_multiplier = get_config("common/schedule.py").lr_multiplier
+train = get_config("common/train.py").train
 
 optimizer.lr = 1e-4
 optimizer.weight_decay = 0.05

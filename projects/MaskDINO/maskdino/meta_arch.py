@@ -9,7 +9,7 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
-from brainseg.modeling.postprocessing import probabilities_to_instances
+from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD, TUMOUR_PROBABILITY, probabilities_to_instances, tumour_mask
 
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, masks_to_boxes
 from .criterion import SetCriterion
@@ -53,6 +53,9 @@ class MaskDINO(nn.Module):
             annotates one instance per connected component; one query often covers several).
             Boxes are the components' tight boxes, so this needs ``box_source="mask"``.
             Matrix NMS, when on, runs on the components.
+        mask_threshold: mask probability above which a pixel belongs to an instance mask (and, with
+            one object class, the tumour probability above which a pixel is tumour for Dice,
+            overlays and predict; see :mod:`brainseg.modeling.postprocessing`).
         instance_on, semantic_on: which inference outputs to produce.
     """
 
@@ -70,6 +73,7 @@ class MaskDINO(nn.Module):
         box_source: str = "head",
         matrix_nms_sigma: Optional[float] = None,
         split_components: bool = False,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
         instance_on: bool = True,
         semantic_on: bool = True,
     ):
@@ -99,6 +103,7 @@ class MaskDINO(nn.Module):
         self.box_source = box_source
         self.matrix_nms_sigma = matrix_nms_sigma
         self.split_components = split_components
+        self.mask_threshold = mask_threshold
         self.instance_on = instance_on
         self.semantic_on = semantic_on
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
@@ -175,6 +180,8 @@ class MaskDINO(nn.Module):
             result = {}
             if self.semantic_on:
                 result["sem_seg"] = semantic_inference(scores, masks)
+                if self.num_thing_classes == 1:
+                    result[TUMOUR_PROBABILITY] = result["sem_seg"][1]
             if self.instance_on:
                 boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"][i]) * torch.tensor(
                     [images.tensor.shape[-1], images.tensor.shape[-2]] * 2, device=masks.device
@@ -207,15 +214,15 @@ class MaskDINO(nn.Module):
         labels = top_index % num_classes
         result = Instances(tuple(image_size))
         if self.split_components:
-            parts = [probabilities_to_instances(prob) for prob in masks[query].sigmoid()]
+            parts = [probabilities_to_instances(prob, threshold=self.mask_threshold) for prob in masks[query].sigmoid()]
             counts = torch.tensor([len(part) for part in parts], device=scores.device)
             result.pred_masks = torch.cat([part.pred_masks for part in parts])
             result.pred_boxes = Boxes.cat([part.pred_boxes for part in parts])
             result.scores = top_scores.repeat_interleave(counts) * torch.cat([part.scores for part in parts])
             labels = labels.repeat_interleave(counts)
         else:
-            binary = masks[query] > 0
             prob = masks[query].sigmoid()
+            binary = tumour_mask(prob, self.mask_threshold)
             mask_scores = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
             result.pred_masks = binary
             if self.box_source == "mask":

@@ -3,7 +3,6 @@
 detectron2 inputs."""
 
 import os
-import sys
 
 import torch
 from detectron2.config import LazyConfig
@@ -11,8 +10,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import BitMasks, Instances
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if PROJECT_DIR not in sys.path:
-    sys.path.insert(0, PROJECT_DIR)
 
 IMAGE_SIZE = 64
 

@@ -1,20 +1,15 @@
 """Mask DINO R50 model (4 levels, 300 queries, 6+6 layers, hidden 256) for LGG, from scratch.
 
-Importing this config puts projects/MaskDINO on sys.path and imports ``maskdino``, which
-registers the ``MaskDINO`` meta-architecture with detectron2.
+Importing it imports the ``maskdino`` package (installed from projects/MaskDINO/maskdino by
+setup.py), which registers the ``MaskDINO`` meta-architecture with detectron2.
 """
-
-import os
-import sys
 
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _PROJECT_DIR not in sys.path:
-    sys.path.insert(0, _PROJECT_DIR)
+from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD
 
-from maskdino import (  # noqa: E402
+from maskdino import (
     HungarianMatcher,
     MaskDINO,
     MaskDINODecoder,
@@ -71,6 +66,7 @@ model = L(MaskDINO)(
     box_source="head",
     matrix_nms_sigma=None,  # NMS-free, as in the paper
     split_components=False,  # one instance per query, as in the paper
+    mask_threshold=DEFAULT_MASK_THRESHOLD,
     instance_on=True,
     semantic_on=True,
 )

@@ -25,7 +25,10 @@ from brainseg.data import (
     register_lgg_dataset,
     split_patients,
 )
+from brainseg.data.io import read_lgg_image
 from brainseg.data.mapper import RandomRot90, Rot90Transform, mask_to_instances
+from brainseg.data.statistics import pixel_statistics
+from lgg_tree import write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -305,3 +308,15 @@ def test_mapper_resize_for_low_resolution_runs(lgg_tree):
     expected = masks[record["file_name"]][::2, ::2]  # nearest-neighbour halving of the mask
     assert (out["sem_seg"].numpy() == expected).mean() > 0.9
     assert build_lgg_test_augmentations() == []
+
+
+def test_pixel_statistics_match_numpy(tmp_path):
+    masks = write_lgg_tree(tmp_path, num_slices=4, size=16)
+    paths = sorted(masks)
+    for every in (1, 3):
+        pixels = np.stack([read_lgg_image(p) for p in paths[::every]]).reshape(-1, 3).astype(np.float64)
+        mean, std = pixel_statistics([{"file_name": p} for p in paths], every=every)
+        np.testing.assert_allclose(mean, pixels.mean(0), atol=0.05 + 1e-9)
+        np.testing.assert_allclose(std, pixels.std(0), atol=0.05 + 1e-9)
+    with pytest.raises(ValueError, match="at least one record"):
+        pixel_statistics([])

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from brainseg.data import demo
+from brainseg.data.demo import generate as demo
 from brainseg.data.demo import generate_lgg_demo
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainseg.modeling.losses import BCEDiceLoss
-from brainseg.modeling.nets import NET_REGISTRY, ResUNet, UNet, UNeXt, build_net
+from brainseg.modeling.nets import ResUNet, UNet, UNeXt
 from brainseg.modeling.nets.layers import ConvBN
 from brainseg.modeling.nets.unext import shift_tokens
 
@@ -149,14 +149,6 @@ def test_shift_tokens_known_answer():
                 if 0 <= source < size:
                     expected.select(dim, position)[..., channels] = tokens.select(dim, source)[..., channels]
         torch.testing.assert_close(shifted, expected, rtol=0, atol=0)
-
-
-def test_registry_builds_by_name_and_rejects_unknown():
-    assert {"UNet", "ResUNet", "UNeXt"} <= {name for name, _ in NET_REGISTRY}
-    net = build_net("UNeXt", conv_channels=(4, 8, 16), token_channels=(20, 32), out_channels=2)
-    assert isinstance(net, UNeXt) and net.out_channels == 2
-    with pytest.raises(KeyError, match="Unknown brainseg net 'VNet'.*UNeXt"):
-        build_net("VNet")
 
 
 def test_bad_input_rank_and_widths():

@@ -15,7 +15,9 @@ from .split import DEFAULT_SPLIT_RATIOS, DEFAULT_SPLIT_SEED, SPLITS, split_patie
 
 __all__ = ["convert_lgg_to_coco", "records_to_coco", "load_coco_records", "ensure_coco_json", "coco_json_path", "coco_json_name"]
 
-TUMOR_CATEGORY = {"id": 1, "name": "tumor", "supercategory": "lesion"}
+# brainseg spells "tumour" in code; the COCO category and detectron2 class name is "tumor", the
+# spelling of the dataset (data.csv: tumor_location) and of most COCO-style tools
+TUMOUR_CATEGORY = {"id": 1, "name": "tumor", "supercategory": "lesion"}
 
 
 def records_to_coco(records: List[dict], kaggle_root: Union[str, os.PathLike], info: dict) -> dict:
@@ -41,13 +43,13 @@ def records_to_coco(records: List[dict], kaggle_root: Union[str, os.PathLike], i
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": record["image_id"],
-                "category_id": TUMOR_CATEGORY["id"],
+                "category_id": TUMOUR_CATEGORY["id"],
                 "bbox": ann["bbox"],
                 "area": ann["area"],
                 "segmentation": ann["segmentation"],
                 "iscrowd": 0,
             })
-    return {"info": info, "images": images, "annotations": annotations, "categories": [TUMOR_CATEGORY]}
+    return {"info": info, "images": images, "annotations": annotations, "categories": [TUMOUR_CATEGORY]}
 
 
 def convert_lgg_to_coco(
@@ -121,7 +123,7 @@ def load_coco_records(json_file: Union[str, os.PathLike], kaggle_root: Optional[
             "bbox_mode": BoxMode.XYWH_ABS,
             "segmentation": ann["segmentation"],
             "area": ann["area"],
-            "category_id": ann["category_id"] - TUMOR_CATEGORY["id"],
+            "category_id": ann["category_id"] - TUMOUR_CATEGORY["id"],
             "iscrowd": ann.get("iscrowd", 0),
         })
     records = []

@@ -3,6 +3,7 @@ that fits a 2-core CPU in about 10 minutes. To save compute the net runs on slic
 128x128; predictions are resized back and every metric is computed at the original 256x256.
 Model selection uses the demo val split only; the test split is evaluated once, at the end."""
 from brainseg.data import build_lgg_test_augmentations
+from brainseg.data.statistics import LGG_DEMO_PIXEL_MEAN, LGG_DEMO_PIXEL_STD
 
 from .unext import dataloader, lr_multiplier, model, optimizer, train
 
@@ -21,9 +22,8 @@ for split in ("train", "val", "test"):
     dataloader[split].num_workers = 1
 dataloader.train.total_batch_size = 8
 
-# statistics of the demo images (mean/std over every 5th slice)
-model.pixel_mean = [56.8, 44.7, 62.2]
-model.pixel_std = [70.1, 53.0, 73.5]
+model.pixel_mean = list(LGG_DEMO_PIXEL_MEAN)
+model.pixel_std = list(LGG_DEMO_PIXEL_STD)
 
 optimizer.lr = 1e-3
 train.output_dir = "./output/demo_unext"

@@ -1,9 +1,9 @@
-"""Segmentation nets, registered in :data:`NET_REGISTRY`."""
+"""Segmentation nets: modules mapping a normalised image batch (B, C, H, W) to per-pixel logits
+(B, K, H, W); configs build them with LazyCall, e.g. ``L(UNeXt)(out_channels=1)``."""
 
 from .base import SegmentationNet
-from .build import NET_REGISTRY, build_net
 from .resunet import ResUNet
 from .unet import UNet
 from .unext import UNeXt
 
-__all__ = ["NET_REGISTRY", "build_net", "SegmentationNet", "UNet", "ResUNet", "UNeXt"]
+__all__ = ["SegmentationNet", "UNet", "ResUNet", "UNeXt"]

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import UShapedNet, doubling_widths
-from .build import NET_REGISTRY
 from .layers import ConvBN
 
 __all__ = ["ResUNet", "ResidualUnit"]
@@ -53,7 +52,6 @@ class UpResidualBlock(nn.Module):
         return self.unit(torch.cat([x, skip], dim=1))
 
 
-@NET_REGISTRY.register()
 class ResUNet(UShapedNet):
     """ResUNet: an encoder of ``depth`` residual units (the first at full resolution, the others
     downsampling by 2), a downsampling residual bridge, and ``depth`` decoder levels of

@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 from .base import UShapedNet, doubling_widths
-from .build import NET_REGISTRY
 from .layers import ConvBN
 
 __all__ = ["UNet", "DoubleConv"]
@@ -41,7 +40,6 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-@NET_REGISTRY.register()
 class UNet(UShapedNet):
     """U-Net: ``depth`` encoder levels (:class:`DoubleConv`, the later ones after a 2x2
     max-pool), a max-pool + :class:`DoubleConv` bridge and ``depth`` decoder blocks

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import UShapedNet
-from .build import NET_REGISTRY
 from .layers import ConvBN
 
 __all__ = ["UNeXt", "ShiftedMLPBlock", "shift_tokens"]
@@ -134,7 +133,6 @@ class DecoderStage(nn.Module):
         return tokens.permute(0, 3, 1, 2)
 
 
-@NET_REGISTRY.register()
 class UNeXt(UShapedNet):
     """UNeXt: conv stages then tokenised-MLP stages, each halving the size; a decoder mirroring
     them (additive skips, x2 bilinear upsampling; the stages leaving a tokenised level also run a

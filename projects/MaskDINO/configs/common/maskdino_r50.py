@@ -7,6 +7,7 @@ setup.py), which registers the ``MaskDINO`` meta-architecture with detectron2.
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
+from brainseg.data.statistics import LGG_PIXEL_MEAN, LGG_PIXEL_STD
 from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD
 
 from maskdino import (
@@ -59,8 +60,8 @@ model = L(MaskDINO)(
         importance_sample_ratio=0.75,
     ),
     # LGG uint8 channel statistics (pre-contrast, FLAIR, post-contrast).
-    pixel_mean=[23.0, 23.0, 23.0],
-    pixel_std=[34.0, 34.0, 34.0],
+    pixel_mean=list(LGG_PIXEL_MEAN),
+    pixel_std=list(LGG_PIXEL_STD),
     size_divisibility=32,
     test_topk_per_image=100,
     box_source="head",

@@ -8,7 +8,7 @@ the exact ``kaggle_3m`` layout of the LGG MRI segmentation dataset (Buda et al. 
     <out_dir>/kaggle_3m/TCGA_<inst>_<pid>_<YYYYMMDD>/TCGA_<inst>_<pid>_<YYYYMMDD>_<k>_mask.tif
 
 Images are uint8 RGB 256x256 (pre-contrast, FLAIR, post-contrast), masks uint8 0/255; the
-volumes come from :func:`brainseg.data.demo_render.render_patient`.
+volumes come from :func:`brainseg.data.demo.render.render_patient`.
 """
 
 import csv
@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tifffile
 
-from .demo_render import render_patient
+from .render import render_patient
 
 __all__ = ["generate_lgg_demo"]
 

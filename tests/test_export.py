@@ -94,6 +94,23 @@ def test_dynamo_onnx_exporter(tmp_path):
     np.testing.assert_allclose(session.run(None, {"image": images.astype(np.float32)})[0], expected, atol=TOLERANCE)
 
 
+def test_a_fitted_temperature_is_exported(tmp_path):
+    """A checkpoint calibrated on validation (temperature 2.5) exports ``sigmoid(logit / 2.5)``."""
+    model = _trained_like_model("unext", tmp_path / "w.pth")
+    model.temperature = 2.5
+    checks = export_model(model, tmp_path / "out", synthetic_slices(3, 64, 64), formats=["torchscript"])
+    assert checks[0].verified and checks[0].max_abs_diff <= TOLERANCE
+    images = synthetic_slices(2, 64, 64, seed=4)
+    expected = torch.stack(SlicePredictor(model)(list(images.transpose(0, 2, 3, 1))))[:, None]
+    plain = ExportableSegmenter.from_model(model)
+    plain.temperature = 1.0
+    with torch.no_grad():
+        exported = torch.jit.load(checks[0].path)(torch.from_numpy(images))
+        uncalibrated = plain(torch.from_numpy(images))
+    torch.testing.assert_close(exported, expected, atol=TOLERANCE, rtol=0)
+    assert (exported - uncalibrated).abs().max() > 1e-3  # the temperature changed the probabilities
+
+
 class BranchingNet(nn.Module):
     """Python control flow on the data: tracing records only the branch of the example batch."""
 

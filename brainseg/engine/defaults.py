@@ -42,6 +42,20 @@ TRAIN_DEFAULTS = dict(
     data_stall_warning_seconds=300,
     # write overlay PNGs (image | truth | prediction) of the test split after training
     overlays=dict(enabled=True, max_patients=4),
+    # after training, set model.mask_threshold to the candidate 0.05, 0.10, ..., 0.95 that maximises
+    # Dice on dataloader.val (never test); stored in the evaluated checkpoint ("mask_threshold") and
+    # used for the test evaluation, overlays, predict and export
+    choose_threshold=False,
+    # after training, fit the temperature T of the logits (sigmoid(logit / T)) minimising the
+    # validation NLL; stored in the evaluated checkpoint ("temperature"), applied before choose_threshold
+    fit_temperature=False,
+    # what choose_threshold maximises: "dice_volume_mean" (mean per-patient Dice) or "dice_global"
+    threshold_criterion="dice_volume_mean",
+    # pixel-level ECE (num_bins equal-width bins) and reliability_val.png of dataloader.val, after
+    # training and with --eval-only; results.json "calibration": {"ece_val": ...}
+    calibration=dict(enabled=False, num_bins=15),
+    # write the test split's per-slice tumour probabilities (float16 .npz) to <output_dir>/probabilities/
+    save_probabilities=False,
 )
 
 

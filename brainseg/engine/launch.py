@@ -13,6 +13,15 @@ Examples:
 Writes to ``train.output_dir``: config.yaml, log.txt, metrics.json, TensorBoard events,
 checkpoints (model_XXXXXXX.pth, model_best.pth, model_final.pth), results.json (the test
 split's metrics ``{task: {metric: value}}``) and overlay PNGs of the test split.
+
+Calibration, always on the validation split (``dataloader.val``), never on test:
+``train.calibration.enabled=True`` adds ``{"calibration": {"ece_val": ...}}`` to results.json and
+writes reliability_val.png; after training, ``train.fit_temperature=True`` fits the logit
+temperature and ``train.choose_threshold=True`` sets ``model.mask_threshold`` to the
+validation-Dice-maximising threshold; both are stored in the evaluated checkpoint
+(``"temperature"``, ``"mask_threshold"``; restored by --eval-only, tools/predict.py and
+tools/export.py) and used for the test evaluation. ``train.save_probabilities=True`` writes the test split's
+per-slice probabilities to probabilities/ (see :mod:`brainseg.evaluation.saved_probabilities`).
 """
 import json
 import logging
@@ -26,7 +35,7 @@ import torch.distributed as dist
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
@@ -34,20 +43,28 @@ from torch.nn.parallel import DistributedDataParallel
 
 import brainseg.data  # noqa: F401  (registers the LGG datasets)
 import brainseg.modeling  # noqa: F401  (registers the meta-architectures)
+from brainseg.evaluation.build import resolve_dataset_name
+from brainseg.evaluation.calibration import DEFAULT_NUM_BINS
+from brainseg.evaluation.calibration_evaluation import CalibrationEvaluator
+from brainseg.evaluation.saved_probabilities import ProbabilityWriter
+from brainseg.evaluation.temperature import fit_temperature
+from brainseg.inference.model import restore_calibration, set_calibration
 from brainseg.modeling.postprocessing import model_mask_threshold
-from brainseg.utils.checkpoint import BrainSegCheckpointer
+from brainseg.utils.checkpoint import BrainSegCheckpointer, add_to_checkpoint
 from brainseg.utils.config import load_config, resolve_device
 from brainseg.utils.errors import UserError
 from brainseg.utils.io import atomic_write
 from brainseg.utils.malloc import tune_glibc_malloc
 from brainseg.utils.workers import WatchedLoader, make_opencv_fork_safe
+from brainseg.visualization.calibration_plot import save_reliability_diagram
 from brainseg.visualization.overlay import write_dataset_overlays
 
 from .defaults import with_train_defaults
 from .hooks import BestCheckpointAndEarlyStop, RNGStateHook
 from .trainer import BrainSegTrainer, NonFiniteLossError
 
-__all__ = ["launch_main", "parse_args", "run", "main", "train", "evaluate", "convert_epochs"]
+__all__ = ["launch_main", "parse_args", "run", "main", "train", "evaluate", "calibrate_on_validation",
+           "convert_epochs"]
 
 logger = logging.getLogger("brainseg")
 
@@ -91,9 +108,16 @@ def watched(cfg, loader, name: str):
 
 
 def evaluate(cfg, model, split: str = "test") -> dict:
-    """Run ``model`` on ``dataloader.<split>`` and return the evaluators' results."""
+    """Run ``model`` on ``dataloader.<split>`` and return the evaluators' results; the test split's
+    probabilities are also saved when ``train.save_probabilities``."""
     loader = watched(cfg, instantiate(cfg.dataloader[split]), f"dataloader.{split}")
-    results = inference_on_dataset(model, loader, build_evaluator(cfg, split))
+    evaluator = build_evaluator(cfg, split)
+    if split == "test" and cfg.train.get("save_probabilities", False):
+        writer = ProbabilityWriter(os.path.join(cfg.train.output_dir, "probabilities"),
+                                   resolve_dataset_name(cfg.dataloader.test.dataset.names),
+                                   mask_threshold=model_mask_threshold(model))
+        evaluator = DatasetEvaluators([evaluator, writer])
+    results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process():
         logger.info(f"Evaluation on {split} ({cfg.dataloader[split].dataset.names}):")
         print_csv_format(results)
@@ -103,6 +127,76 @@ def evaluate(cfg, model, split: str = "test") -> dict:
                         f"{lgg['dice_volume_median']:.4f}), per-volume IoU {lgg['iou_volume_mean']:.4f}, "
                         f"global Dice {lgg['dice_global']:.4f}, global IoU {lgg['iou_global']:.4f}")
     return results
+
+
+def _validation_pass(cfg, model, dataset_name: str, *, collect_logits: bool) -> CalibrationEvaluator:
+    options = cfg.train.get("calibration", {})
+    evaluator = CalibrationEvaluator(dataset_name, num_bins=options.get("num_bins", DEFAULT_NUM_BINS),
+                                     criterion=cfg.train.get("threshold_criterion", "dice_volume_mean"),
+                                     collect_logits=collect_logits)
+    inference_on_dataset(model, watched(cfg, instantiate(cfg.dataloader.val), "dataloader.val"), evaluator)
+    return evaluator
+
+
+def calibrate_on_validation(cfg, model, *, fit: bool) -> dict:
+    """Calibration of ``model`` on ``dataloader.val`` (the test split is never used).
+
+    With ``fit`` (after training): ``train.fit_temperature`` fits the temperature (one pass) and
+    sets it on the model, then ``train.choose_threshold`` makes the threshold maximising
+    ``train.threshold_criterion`` the model's (and the config's) ``mask_threshold``, on every
+    process. With ``train.calibration.enabled``: the pixel-level ECE of the final model and
+    ``reliability_val.png``.
+
+    Returns:
+        ``{"calibration": {...}}`` with the numbers computed: ``ece_val``, ``num_bins``,
+        ``ece_val_before_temperature``, ``temperature``, ``threshold`` and ``<criterion>_val``
+        (e.g. ``dice_volume_mean_val``: the validation score at the chosen threshold); ``{}`` when
+        nothing is enabled, and on processes other than the main one.
+
+    Raises:
+        UserError: the config has no ``dataloader.val``, or the model applies no temperature.
+    """
+    report = cfg.train.get("calibration", {}).get("enabled", False)
+    choose = fit and cfg.train.get("choose_threshold", False)
+    scale = fit and cfg.train.get("fit_temperature", False)
+    if not (report or choose or scale):
+        return {}
+    if "val" not in cfg.dataloader:
+        raise UserError("calibration, train.choose_threshold and train.fit_temperature need dataloader.val: "
+                        "they are never computed on the test split")
+    unwrapped = getattr(model, "module", model)
+    if scale and not hasattr(unwrapped, "temperature"):
+        raise UserError(f"train.fit_temperature: {type(unwrapped).__name__} applies no temperature "
+                        "(BrainSegSemantic does)")
+    dataset_name = resolve_dataset_name(cfg.dataloader.val.dataset.names)
+    results = {}
+    if scale:
+        evaluator = _validation_pass(cfg, model, dataset_name, collect_logits=True)
+        factor = fit_temperature(evaluator.logits) if comm.is_main_process() else None
+        temperature = unwrapped.temperature * comm.all_gather(factor)[0]  # rank 0's fit, on every rank
+        set_calibration(model, cfg, temperature=temperature)
+        logger.info(f"Temperature {temperature:.4f} fitted on {dataset_name} (validation NLL)")
+        results["temperature"] = temperature
+        if report:
+            results["ece_val_before_temperature"] = evaluator.bins.ece()
+    evaluator = _validation_pass(cfg, model, dataset_name, collect_logits=False)
+    if report and comm.is_main_process():
+        results.update(ece_val=evaluator.bins.ece(), num_bins=evaluator.bins.num_bins)
+        path = os.path.join(cfg.train.output_dir, "reliability_val.png")
+        save_reliability_diagram(evaluator.bins, path, title=f"Reliability on {dataset_name}")
+        logger.info(f"Reliability diagram of {dataset_name} written to {path}")
+    if choose:
+        choice = evaluator.choose_threshold() if comm.is_main_process() else None
+        choice = comm.all_gather(choice)[0]  # rank 0's choice, on every rank
+        if choice is None:
+            logger.warning(f"No threshold could be scored on {dataset_name} (no tumour, no prediction); "
+                           f"keeping mask_threshold {model_mask_threshold(model):g}")
+        else:
+            set_calibration(model, cfg, mask_threshold=choice.threshold)
+            logger.info(f"Tumour threshold {choice.threshold:g} chosen on {dataset_name}: {choice.criterion} "
+                        f"{choice.score:.4f} (candidates {choice.thresholds[0]:g}..{choice.thresholds[-1]:g})")
+            results.update({"threshold": choice.threshold, f"{choice.criterion}_val": choice.score})
+    return {"calibration": results} if results and comm.is_main_process() else {}
 
 
 def save_results(cfg, results: dict) -> None:
@@ -204,10 +298,28 @@ def train(args, cfg, model, device: str) -> dict:
         checkpointer.save("model_final")
     best = os.path.join(cfg.train.output_dir, "model_best.pth")
     comm.synchronize()
+    evaluated = best if os.path.isfile(best) else os.path.join(cfg.train.output_dir, "model_final.pth")
     if os.path.isfile(best):
         logger.info(f"Evaluating the best validation checkpoint {best} on the test split")
-        BrainSegCheckpointer(model, allow_unsafe_load=False).load(best)
-    return evaluate(cfg, model, "test")
+        # a threshold stored with these weights (an earlier choose_threshold run) belongs to them
+        restore_calibration(model, BrainSegCheckpointer(model, allow_unsafe_load=False).load(best), cfg, source=best)
+    calibration = calibrate_on_validation(cfg, model, fit=True)
+    fitted = [key for key, option in (("mask_threshold", "choose_threshold"), ("temperature", "fit_temperature"))
+              if cfg.train.get(option, False)]
+    if fitted and comm.is_main_process():
+        store_calibration(evaluated, {key: float(getattr(model, key)) for key in fitted})
+    comm.synchronize()
+    return {**evaluate(cfg, model, "test"), **calibration}
+
+
+def store_calibration(checkpoint: str, values: dict) -> None:
+    """Record what was fitted on the validation split (``mask_threshold``, ``temperature``) in
+    ``checkpoint``, the weights it was fitted for."""
+    if not os.path.isfile(checkpoint):
+        logger.warning(f"{checkpoint} not found: {sorted(values)} fitted on validation not stored with the weights")
+        return
+    add_to_checkpoint(checkpoint, **values)
+    logger.info(f"Stored {values} in {checkpoint}")
 
 
 def main(args) -> None:
@@ -224,10 +336,15 @@ def main(args) -> None:
         tune_glibc_malloc()  # reuse freed activation memory instead of page-faulting it in again
     model = build_model(cfg, device)
     if args.eval_only:
-        BrainSegCheckpointer(model, cfg.train.output_dir,
-                             allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False)
-                             ).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-        results = evaluate(cfg, model, "test")
+        checkpoint = BrainSegCheckpointer(model, cfg.train.output_dir,
+                                          allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False)
+                                          ).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        restore_calibration(model, checkpoint, cfg, source=cfg.train.init_checkpoint)
+        if cfg.train.get("choose_threshold", False) or cfg.train.get("fit_temperature", False):
+            logger.warning("train.choose_threshold / fit_temperature apply after training; --eval-only uses "
+                           "the checkpoint's values")
+        calibration = calibrate_on_validation(cfg, model, fit=False)
+        results = {**evaluate(cfg, model, "test"), **calibration}
     else:
         results = train(args, cfg, model, device)
     save_results(cfg, results)

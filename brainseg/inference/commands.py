@@ -64,7 +64,9 @@ spec and the measured differences). The exported model is normalisation + net + 
     input  "image": (B, 3, H, W) raw intensities 0..255 in file channel order (pre-contrast,
            FLAIR, post-contrast); uint8 or float for TorchScript, float32 for ONNX.
     output "tumour_probability": (B, 1, H, W) in [0, 1]; tumour where > the model's mask_threshold
-           (recorded in export.json as "mask_threshold"; 0.5 in the shipped configs).
+           (recorded in export.json as "mask_threshold": the checkpoint's threshold chosen on the
+           validation split when trained with train.choose_threshold=True, else the config's, 0.5
+           in the shipped configs).
 
 B is dynamic (checked with 1 and 3); H and W are fixed at export (default 256x256) and must be multiples of the net's
 stride (32 for UNeXt; 2**depth for UNet/ResUNet): the graph does no padding. Each file is checked
@@ -99,7 +101,8 @@ def parse_predict_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes)")
     parser.add_argument("--threshold", type=probability, default=None,
-                        help="tumour if probability > T (default: the config's model.mask_threshold)")
+                        help="tumour if probability > T (default: the model's mask_threshold: the one stored in "
+                             "the checkpoint by train.choose_threshold, else the config's model.mask_threshold)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     parser.add_argument("--spacing", type=positive_float, nargs=3, metavar=("SX", "SY", "SZ"),
                         help="voxel size in mm (pixel x, pixel y, slice spacing): volumes also in mm^3")
@@ -165,7 +168,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         model, args.output, samples, formats=args.format, opset=args.opset,
         dynamo=args.onnx_exporter == "dynamo", tolerance=args.tolerance,
         metadata={"config_file": args.config_file, "weights": args.weights, "samples": origin,
-                  "mask_threshold": model_mask_threshold(model)},
+                  "mask_threshold": model_mask_threshold(model), "temperature": getattr(model, "temperature", 1.0)},
     )
     for check in checks:
         result = f"max abs diff {check.max_abs_diff:.2e}" if check.verified else check.note

@@ -1,7 +1,7 @@
 """Export a brainseg semantic model to TorchScript and ONNX, checked against eager PyTorch.
 
 The exported graph is :class:`ExportableSegmenter`: pixel normalisation + ``model.net`` +
-sigmoid, mapping raw intensities (B, 3, H, W) (channels pre-contrast, FLAIR, post-contrast,
+``sigmoid(logit / temperature)`` (the model's temperature, 1 unless fitted on validation), mapping raw intensities (B, 3, H, W) (channels pre-contrast, FLAIR, post-contrast,
 0..255) to tumour probabilities (B, 1, H, W). The batch is dynamic; H and W are fixed at
 export and must be multiples of the net's stride (``net.size_divisibility``, 32 for UNeXt),
 so the graph needs no padding (256x256 LGG slices qualify). TorchScript takes uint8 or float
@@ -46,14 +46,16 @@ class ExportError(UserError, RuntimeError):
 class ExportableSegmenter(nn.Module):
     """Raw (B, 3, H, W) intensities -> (B, 1, H, W) tumour probabilities."""
 
-    def __init__(self, net: nn.Module, pixel_mean: torch.Tensor, pixel_std: torch.Tensor):
+    def __init__(self, net: nn.Module, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, temperature: float = 1.0):
         """
         Args:
             net: maps normalised (B, C, H, W) images to (B, 1, H, W) tumour logits.
             pixel_mean, pixel_std: per-channel statistics, shape (C, 1, 1).
+            temperature: the logits are divided by it before the sigmoid (as the model does).
         """
         super().__init__()
         self.net = net
+        self.temperature = float(temperature)
         self.register_buffer("pixel_mean", pixel_mean.detach().float().clone().view(1, -1, 1, 1))
         self.register_buffer("pixel_std", pixel_std.detach().float().clone().view(1, -1, 1, 1))
 
@@ -71,7 +73,8 @@ class ExportableSegmenter(nn.Module):
             raise ExportError(f"{type(model.net).__name__} has {model.net.out_channels} output channels; "
                               "export needs one tumour logit")
         net = copy.deepcopy(model.net).to("cpu", memory_format=torch.contiguous_format).eval()
-        return cls(net, model.pixel_mean.cpu(), model.pixel_std.cpu()).eval()
+        temperature = getattr(model, "temperature", 1.0)
+        return cls(net, model.pixel_mean.cpu(), model.pixel_std.cpu(), temperature).eval()
 
     @property
     def size_divisibility(self) -> int:
@@ -79,7 +82,7 @@ class ExportableSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.to(torch.float32) - self.pixel_mean) / self.pixel_std
-        return torch.sigmoid(self.net(x))
+        return torch.sigmoid(self.net(x) / self.temperature)
 
 
 @dataclass

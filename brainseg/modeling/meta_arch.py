@@ -29,7 +29,8 @@ class BrainSegSemantic(nn.Module):
     returns ``{"loss_sem_seg": loss}`` in training (targets from ``"sem_seg"``, padding and
     ``ignore_label`` pixels ignored). In eval it returns, per image and at the record's
     ``height``/``width``, ``"sem_seg"``: (2, H, W) scores (1 - p, p) and ``"instances"``: one per
-    8-connected component of ``p > mask_threshold`` (see :func:`probabilities_to_instances`).
+    8-connected component of ``p > mask_threshold`` (see :func:`probabilities_to_instances`), where
+    ``p = sigmoid(logit / temperature)``.
 
     Built with plain keyword arguments, so it works with LazyCall::
 
@@ -46,6 +47,7 @@ class BrainSegSemantic(nn.Module):
         pixel_std: Sequence[float],
         ignore_label: int = 255,
         mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+        temperature: float = 1.0,
         size_divisibility: Optional[int] = None,
         channels_last: bool = True,
         compile_inference: bool = False,
@@ -59,6 +61,8 @@ class BrainSegSemantic(nn.Module):
             ignore_label: target value excluded from the loss; also used to pad targets.
             mask_threshold: tumour probability above which a pixel is tumour: for the instances
                 here, and for Dice, overlays, predict and export (see :mod:`.postprocessing`).
+            temperature: the logits are divided by this before the sigmoid (temperature scaling,
+                fitted on the validation split with ``train.fit_temperature``; 1: none).
             size_divisibility: pad batches to multiples of this; default
                 ``net.size_divisibility`` (1 if the net has none).
             channels_last: run the net in channels-last memory format (faster convs on CPU).
@@ -73,7 +77,10 @@ class BrainSegSemantic(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.ignore_label = ignore_label
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {temperature}")
         self.mask_threshold = mask_threshold
+        self.temperature = temperature
         self.size_divisibility = size_divisibility or getattr(net, "size_divisibility", 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -132,7 +139,7 @@ class BrainSegSemantic(nn.Module):
 
     def postprocess(self, logits: torch.Tensor, image_size: tuple, height: int, width: int) -> Dict:
         """Outputs of one image from its padded (1, Hp, Wp) logits."""
-        probs = logits_to_probabilities(logits.float(), image_size, height, width)
+        probs = logits_to_probabilities(logits.float() / self.temperature, image_size, height, width)
         return {
             TUMOUR_PROBABILITY: probs,
             "sem_seg": probabilities_to_sem_seg(probs),

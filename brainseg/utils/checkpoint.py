@@ -16,7 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from .errors import CheckpointError
 from .io import atomic_write
 
-__all__ = ["BrainSegCheckpointer"]
+__all__ = ["BrainSegCheckpointer", "add_to_checkpoint"]
 
 
 class BrainSegCheckpointer(DetectionCheckpointer):
@@ -63,3 +63,16 @@ class BrainSegCheckpointer(DetectionCheckpointer):
                 " (loaded with weights_only=True; pass train.allow_unsafe_checkpoint=True for a trusted "
                 "file holding other objects)")
             raise CheckpointError(f"cannot load checkpoint {filename}: {str(e).splitlines()[0]}{hint}") from None
+
+
+def add_to_checkpoint(path: str, **values: Any) -> None:
+    """Add top-level entries to a saved checkpoint, atomically (e.g. ``mask_threshold=0.4``).
+
+    Args:
+        path: a checkpoint written by :class:`BrainSegCheckpointer`.
+        values: plain numbers, strings, lists or dicts, so that the file still loads with
+            ``torch.load(weights_only=True)``.
+    """
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    data.update(values)
+    atomic_write(path, lambda f: torch.save(data, f))

@@ -5,11 +5,12 @@ the stock config lacks take their defaults."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from brainseg.data import register_lgg_dataset
-from brainseg.engine import TRAIN_DEFAULTS, launch, with_train_defaults
+from brainseg.engine import TRAIN_DEFAULTS, ConfigError, launch, load_config, with_train_defaults
 from brainseg.model_zoo import get_config
 from lgg_tree import write_lgg_tree
 
@@ -59,3 +60,15 @@ def test_model_zoo_mask_rcnn_trains_and_evaluates(tmp_path):
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
     # the json of a non-default split has its own name, next to the default split's
     assert (root / "coco" / "lgg_test_split60-0-40_seed3.json").is_file()
+
+
+def test_one_evaluator_config_per_split_and_added_keys():
+    cfg = load_config(str(REPO / "configs/lgg/unext_demo.py"), ["+dataloader.evaluator.lgg_options.largest_component=True"])
+    test, val = cfg.dataloader.evaluator, cfg.dataloader.val_evaluator
+    assert (test.dataset_name, val.dataset_name) == ("lgg_demo_test", "lgg_demo_val")
+    assert test.output_dir.endswith("/inference_test") and val.output_dir.endswith("/inference_val")
+    assert val.lgg_options.largest_component is True and val.lgg_options.threshold == cfg.model.mask_threshold
+    with pytest.raises(ConfigError, match="unknown config key 'dataloader.evaluator.lgg_options.largest_component'"):
+        load_config(str(REPO / "configs/lgg/unext_demo.py"), ["dataloader.evaluator.lgg_options.largest_component=True"])
+    with pytest.raises(ConfigError, match="config key 'train.max_iter' exists already: set it without the '\\+'"):
+        load_config(str(REPO / "configs/lgg/unext_demo.py"), ["+train.max_iter=3"])

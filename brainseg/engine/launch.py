@@ -93,7 +93,13 @@ def convert_epochs(cfg) -> None:
 
 
 def build_evaluator(cfg, split: str):
-    """Instantiate ``dataloader.evaluator`` for the dataset of ``dataloader.<split>``."""
+    """The evaluator of ``dataloader.<split>``: the config's own ``dataloader.<split>_evaluator``
+    (``dataloader.evaluator`` for test, detectron2's name), as written. A config with one
+    evaluator only (e.g. a stock detectron2 config) gets it pointed at the split's dataset, its
+    files in ``<train.output_dir>/inference_<split>``."""
+    own = cfg.dataloader.get("evaluator" if split == "test" else f"{split}_evaluator")
+    if own is not None:
+        return instantiate(own)
     node = OmegaConf.to_container(cfg.dataloader.evaluator, resolve=True)
     node["dataset_name"] = cfg.dataloader[split].dataset.names
     if "output_dir" in node:

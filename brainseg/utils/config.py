@@ -55,7 +55,9 @@ def _all_keys(cfg, prefix: str = "") -> List[str]:
 
 
 def apply_strict_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
-    """Apply ``key=value`` overrides (hydra syntax), refusing keys that do not exist.
+    """Apply ``key=value`` overrides (hydra syntax), refusing keys that do not exist; hydra's
+    ``+key=value`` adds a key that does not exist yet (e.g. an option of a plain dict node such
+    as ``+dataloader.evaluator.lgg_options.largest_component=True``).
 
     Args:
         cfg: the loaded LazyConfig.
@@ -77,7 +79,11 @@ def apply_strict_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictCon
         raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
     for override in parsed:
         key = override.key_or_group
-        _check_key(cfg, key)
+        if override.is_add():
+            if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+                raise ConfigError(f"config key '{key}' exists already: set it without the '+'")
+        else:
+            _check_key(cfg, key)
         OmegaConf.update(cfg, key, override.value(), merge=True)
     return cfg
 

@@ -40,11 +40,18 @@ dataloader.test = L(build_lgg_test_loader)(
     num_workers=2,
 )
 
-# The dataset name is filled in by tools/train_net.py for the split being evaluated. The tumour
-# threshold is the model's: one decision for Dice, COCO instances, overlays, predict and export.
+# One evaluator per split: dataloader.evaluator (test, detectron2's name) and
+# dataloader.val_evaluator (periodic validation, best checkpoint). The tumour threshold is the
+# model's: one decision for Dice, COCO instances, overlays, predict and export.
 dataloader.evaluator = L(build_evaluators)(
     dataset_name="${..test.dataset.names}",
-    output_dir="${...train.output_dir}",
+    output_dir="${...train.output_dir}/inference_test",
     coco=True,
     lgg_options={"threshold": "${....model.mask_threshold}"},
+)
+dataloader.val_evaluator = L(build_evaluators)(
+    dataset_name="${..val.dataset.names}",
+    output_dir="${...train.output_dir}/inference_val",
+    coco="${..evaluator.coco}",
+    lgg_options="${..evaluator.lgg_options}",
 )

@@ -1,6 +1,12 @@
-"""Tiny LGG trees written on the fly in the kaggle_3m layout, and tiny training settings, for tests."""
+"""Tiny LGG trees written on the fly in the kaggle_3m layout, their registration, and tiny
+training settings, for tests."""
+import contextlib
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from brainseg.data import register_lgg_dataset
 
 import numpy as np
 from PIL import Image
@@ -48,3 +54,19 @@ def tiny_unext_overrides(dataset_prefix: str) -> List[str]:
         "dataloader.train.num_workers=0", "dataloader.val.num_workers=0", "dataloader.test.num_workers=0",
         "train.log_period=1",
     ]
+
+
+@contextlib.contextmanager
+def registered_lgg_splits(root: Path, prefix: str, splits: Sequence[str] = ("train", "val", "test"),
+                          **split_options) -> Iterator[None]:
+    """Register ``<prefix>_<split>`` (and its ``_coco`` twin) for the tree at ``root`` while the
+    block runs, then remove them from detectron2's catalogs."""
+    for split in splits:
+        register_lgg_dataset(f"{prefix}_{split}", root, split, **split_options)
+    try:
+        yield
+    finally:
+        for split in splits:
+            for name in (f"{prefix}_{split}", f"{prefix}_{split}_coco"):
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from brainseg.data import register_lgg_dataset
 from brainseg.engine import TRAIN_DEFAULTS, ConfigError, launch, load_config, with_train_defaults
 from brainseg.model_zoo import get_config
-from lgg_tree import write_lgg_tree
+from lgg_tree import registered_lgg_splits, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_HT_{i:04d}_20000101" for i in range(5)]
@@ -30,10 +28,8 @@ def test_train_defaults_fill_only_missing_keys():
 def test_model_zoo_mask_rcnn_trains_and_evaluates(tmp_path):
     root = tmp_path / "lgg"
     write_lgg_tree(root, patients=PATIENTS, num_slices=4, size=64)
-    for split in ("train", "test"):
-        register_lgg_dataset(f"lgg_zoo_{split}", root, split, ratios=(0.6, 0.0, 0.4), seed=3)
     out = tmp_path / "run"
-    try:
+    with registered_lgg_splits(root, "lgg_zoo", ("train", "test"), ratios=(0.6, 0.0, 0.4), seed=3):
         args = launch.parse_args([
             "--config-file", str(REPO / "configs/lgg/mask_rcnn_R_50_FPN.py"),
             "dataloader.train.dataset.names=lgg_zoo_train_coco", "dataloader.test.dataset.names=lgg_zoo_test_coco",
@@ -47,11 +43,6 @@ def test_model_zoo_mask_rcnn_trains_and_evaluates(tmp_path):
             f"train.output_dir={out}",
         ])
         launch.main(args)
-    finally:
-        for split in ("train", "test"):
-            for name in (f"lgg_zoo_{split}", f"lgg_zoo_{split}_coco"):
-                DatasetCatalog.remove(name)
-                MetadataCatalog.remove(name)
     results = json.loads((out / "results.json").read_text())
     # the stock COCOEvaluator's tasks; a 2-iteration model detects nothing, so AP is NaN and
     # detectron2 reports the bbox task only

@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from torch import nn
 
-from brainseg.data import register_lgg_dataset
 from brainseg.engine import launch as train_net
 from brainseg.engine.defaults import with_train_defaults
 from brainseg.evaluation import load_probability, probability_path, recompute_lgg_metrics
 from brainseg.modeling.postprocessing import TUMOUR_PROBABILITY
 from brainseg.utils.config import load_config
 from brainseg.utils.errors import UserError
-from lgg_tree import tiny_unext_overrides, write_lgg_tree
+from lgg_tree import registered_lgg_splits, tiny_unext_overrides, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/lgg/unext.py")
@@ -30,8 +29,11 @@ def eval_only_run(tmp_path_factory):
     """A random-weights tiny UNeXt checkpoint, evaluated with --eval-only saving probabilities."""
     root = tmp_path_factory.mktemp("lgg")
     write_lgg_tree(root, patients=PATIENTS, num_slices=5, size=32, seed=5)
-    for split in ("train", "val", "test"):
-        register_lgg_dataset(f"lgg_sp_{split}", root, split)
+    with registered_lgg_splits(root, "lgg_sp"):
+        yield _eval_only(tmp_path_factory)
+
+
+def _eval_only(tmp_path_factory):
     overrides = [*tiny_unext_overrides("lgg_sp"), "dataloader.test.batch_size=3", "train.overlays.enabled=False"]
     cfg = load_config(CONFIG, overrides)
     with_train_defaults(cfg)
@@ -43,11 +45,7 @@ def eval_only_run(tmp_path_factory):
     train_net.main(train_net.parse_args(["--config-file", CONFIG, "--eval-only", *overrides,
                                          f"train.init_checkpoint={checkpoint}", "train.save_probabilities=True",
                                          f"train.output_dir={out}"]))
-    yield cfg, model, out
-    for split in ("train", "val", "test"):
-        for name in (f"lgg_sp_{split}", f"lgg_sp_{split}_coco"):
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    return cfg, model, out
 
 
 class Float16Probabilities(nn.Module):

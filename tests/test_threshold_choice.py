@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from torch import nn
 
-from brainseg.data import register_lgg_dataset
 from brainseg.data.io import read_lgg_mask
 from brainseg.engine import launch as train_net
 from brainseg.engine.defaults import with_train_defaults
@@ -21,7 +20,7 @@ from brainseg.inference.model import build_inference_model
 from brainseg.modeling.postprocessing import TUMOUR_PROBABILITY, model_mask_threshold
 from brainseg.utils.config import load_config
 from brainseg.utils.errors import UserError
-from lgg_tree import tiny_unext_overrides, write_lgg_tree
+from lgg_tree import registered_lgg_splits, tiny_unext_overrides, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]
@@ -73,13 +72,8 @@ def tiny_splits(tmp_path_factory):
     """A 6-patient 32x32 tree registered as lgg_thr_{train,val,test}."""
     root = tmp_path_factory.mktemp("lgg")
     write_lgg_tree(root, patients=PATIENTS, num_slices=4, size=32, seed=3)
-    for split in ("train", "val", "test"):
-        register_lgg_dataset(f"lgg_thr_{split}", root, split)
-    yield {split: {r["patient_id"] for r in DatasetCatalog.get(f"lgg_thr_{split}")} for split in ("val", "test")}
-    for split in ("train", "val", "test"):
-        for name in (f"lgg_thr_{split}", f"lgg_thr_{split}_coco"):
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    with registered_lgg_splits(root, "lgg_thr"):
+        yield {split: {r["patient_id"] for r in DatasetCatalog.get(f"lgg_thr_{split}")} for split in ("val", "test")}
 
 
 class SplitAwareModel(nn.Module):

@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from brainseg.data import register_lgg_dataset
 from brainseg.engine import launch as train_net
-from lgg_tree import tiny_unext_overrides, write_lgg_tree
+from lgg_tree import registered_lgg_splits, tiny_unext_overrides, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [f"TCGA_CS_{i:04d}_20000101" for i in range(6)]
@@ -28,17 +26,12 @@ def tiny_run(tmp_path_factory):
     """Register a 6-patient 64x64 tree and train 4 iterations into an output dir."""
     root = tmp_path_factory.mktemp("lgg")
     write_lgg_tree(root, patients=PATIENTS, num_slices=6, size=64)
-    for split in ("train", "val", "test"):
-        register_lgg_dataset(f"lgg_tiny_{split}", root, split)
-    out = tmp_path_factory.mktemp("run")
-    args = train_net.parse_args(["--config-file", str(REPO / "configs/lgg/unext.py"),
-                                 *TINY, "train.max_iter=4", f"train.output_dir={out}"])
-    train_net.main(args)
-    yield train_net, out
-    for split in ("train", "val", "test"):
-        for name in (f"lgg_tiny_{split}", f"lgg_tiny_{split}_coco"):
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    with registered_lgg_splits(root, "lgg_tiny"):
+        out = tmp_path_factory.mktemp("run")
+        args = train_net.parse_args(["--config-file", str(REPO / "configs/lgg/unext.py"),
+                                     *TINY, "train.max_iter=4", f"train.output_dir={out}"])
+        train_net.main(args)
+        yield train_net, out
 
 
 def _iterations(out: Path):

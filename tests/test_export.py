@@ -71,7 +71,7 @@ def test_round_trip_matches_the_model(name, lgg_slices, tmp_path, capsys):
 
     # independent check on new slices: the exported files against the model's own eval outputs
     images = synthetic_slices(3, 64, 64, seed=7)
-    expected = torch.stack(SlicePredictor(model)(list(images.transpose(0, 2, 3, 1)))).numpy()[:, None]
+    expected = torch.stack(fp32_probabilities(model, images)).numpy()[:, None]
     scripted = torch.jit.load(str(out / "model.torchscript.pt"))
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     for batch in (images[:1], images):
@@ -90,7 +90,7 @@ def test_dynamo_onnx_exporter(tmp_path):
     assert checks[0].verified and checks[0].max_abs_diff <= TOLERANCE and checks[0].opset >= 17
     session = onnxruntime.InferenceSession(checks[0].path, providers=["CPUExecutionProvider"])
     images = synthetic_slices(2, 64, 64, seed=3)
-    expected = torch.stack(SlicePredictor(model)(list(images.transpose(0, 2, 3, 1)))).numpy()[:, None]
+    expected = torch.stack(fp32_probabilities(model, images)).numpy()[:, None]
     np.testing.assert_allclose(session.run(None, {"image": images.astype(np.float32)})[0], expected, atol=TOLERANCE)
 
 
@@ -101,7 +101,7 @@ def test_a_fitted_temperature_is_exported(tmp_path):
     checks = export_model(model, tmp_path / "out", synthetic_slices(3, 64, 64), formats=["torchscript"])
     assert checks[0].verified and checks[0].max_abs_diff <= TOLERANCE
     images = synthetic_slices(2, 64, 64, seed=4)
-    expected = torch.stack(SlicePredictor(model)(list(images.transpose(0, 2, 3, 1))))[:, None]
+    expected = torch.stack(fp32_probabilities(model, images))[:, None]
     plain = ExportableSegmenter.from_model(model)
     plain.temperature = 1.0
     with torch.no_grad():
@@ -145,3 +145,8 @@ def test_unsupported_models_and_sizes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err == "error: export size 48x64 must be a multiple of the net's stride 32\n"
     assert not (tmp_path / "out").exists()
+
+
+def fp32_probabilities(model, images):
+    """The eager model's probabilities of (B, 3, H, W) images, in fp32 like the exported graphs."""
+    return SlicePredictor(model, precision="fp32")(list(images.transpose(0, 2, 3, 1)))

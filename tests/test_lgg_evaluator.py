@@ -402,6 +402,31 @@ def test_largest_component_mode(tmp_path):
     assert (rows["R"]["prediction_voxels_lcc"], rows["S"]["dice_lcc"]) == ("0", "nan")
 
 
+
+def test_lesion_wise_metrics_per_patient(tmp_path):
+    # L: truth lesion 1 = a 4x4 square on slices 1-2 (32 voxels), lesion 2 = a 4x4 square on slice 2;
+    # the prediction covers lesion 1 on slice 1 only (16 voxels), misses lesion 2 and adds a 2x2
+    # false positive on slice 3: TP 1, FN 1, FP 1 -> F1 2/4; lesion Dice (2*16/48 + 0 + 0) / 3.
+    # E: both masks empty -> nothing missed, nothing wrongly found: F1 and lesion Dice 1.
+    first, second = square(2, 2, 4), square(20, 20, 4)
+    cases = [
+        ("L", 1, first, first),
+        ("L", 2, first | second, EMPTY),
+        ("L", 3, EMPTY, square(10, 20, 2)),
+        ("E", 1, EMPTY, EMPTY),
+    ]
+    records = make_records(tmp_path, cases)
+    outputs = [sem_seg_output(p) for *_, p in cases]
+    res = run(LGGEvaluator("lgg_eval_lesions", distributed=False, output_dir=str(tmp_path), compute_hd95=False),
+              records, outputs, [[0, 1], [2, 3]])
+    assert res["lesion_f1_mean"] == pytest.approx((0.5 + 1) / 2)
+    assert res["lesion_dice_mean"] == pytest.approx((2 / 9 + 1) / 2)
+    rows = read_per_patient_csv(tmp_path / "lgg_per_patient.csv")
+    assert [rows["L"][f"lesion_{k}"] for k in ("tp", "fp", "fn")] == ["1", "1", "1"]
+    assert (float(rows["L"]["lesion_f1"]), float(rows["L"]["lesion_dice"])) == (0.5, pytest.approx(2 / 9, abs=1e-6))
+    assert [rows["E"][f"lesion_{k}"] for k in ("tp", "fp", "fn", "f1", "dice")] == ["0", "0", "0", "1.000000", "1.000000"]
+
+
 def _evaluate_in_two_processes(records, outputs, result_prefix, options):
     torch.set_num_threads(1)
     try:

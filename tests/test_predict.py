@@ -16,11 +16,12 @@ from brainseg.evaluation import LGGEvaluator
 from brainseg.inference import SlicePredictor, VolumeSummary, natural_key, predict_to_folder, resolve_inputs
 from brainseg.inference.commands import predict_main
 from brainseg.utils.cli import run_cli
-from lgg_tree import write_lgg_tree
+from lgg_tree import perfect_tiny_unet, write_lgg_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/lgg/unet.py")
-TINY = ["model.net.base_channels=4", "model.net.depth=1"]
+# the hand-set model below reads the TIFF intensities as they are (no per-volume normalisation)
+TINY = ["model.net.base_channels=4", "model.net.depth=1", "dataloader.test.mapper.intensity_normalization=none"]
 PATIENTS = ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101"]
 
 
@@ -47,36 +48,6 @@ def _model_inputs(paths):
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-# Hand-set weights of the tiny UNet (base_channels=4, depth=1): the FLAIR channel, normalised
-# by the config's pixel statistics, passes through channel 0 of every block on the centre tap of
-# each 3x3 kernel; everything else is zero. Logit = GAIN * relu(flair_norm - CUT) - OFFSET.
-# Tumour pixels (FLAIR 230) get a logit of about +16, background (FLAIR < 80) exactly -5: no
-# optimisation is involved, so the masks are exact on every CPU and kernel path.
-CUT, GAIN, OFFSET = 3.6, 10.0, 5.0
-
-
-def perfect_tiny_unet(model: torch.nn.Module) -> torch.nn.Module:
-    """Set ``model`` (the config's UNet with ``TINY``) to the hand-made weights above."""
-    net = model.net
-    with torch.no_grad():
-        for tensor in net.state_dict().values():
-            tensor.zero_()
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_var.fill_(1.0)
-                module.weight.fill_(1.0)
-        flair = 1  # image channels: pre-contrast, FLAIR, post-contrast
-        first, second = net.encoders[0][0], net.encoders[0][2]
-        first.conv.weight[0, flair, 1, 1] = 1.0
-        first.norm.bias[0] = -CUT
-        second.conv.weight[0, 0, 1, 1] = 1.0
-        for conv_bn in (net.decoders[0].conv[0], net.decoders[0].conv[2]):
-            conv_bn.conv.weight[0, 0, 1, 1] = 1.0  # channel 0 of the skip (concatenated first)
-        net.head.weight[0, 0] = GAIN
-        net.head.bias[0] = -OFFSET
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +106,11 @@ def test_prediction_streams_batch_by_batch(tmp_path):
     write_lgg_tree(tmp_path / "in", patients=PATIENTS[:1], num_slices=7, size=16)
     out, calls = tmp_path / "out", []
 
-    def predictor(images):
+    def predictor(images, output_sizes):
         assert len(list(out.rglob("*_mask.tif"))) == sum(calls)  # earlier batches are on disk
         calls.append(len(images))
-        return [torch.full(image.shape[:2], 0.7 if i % 2 else 0.2) for i, image in enumerate(images)]
+        assert all(image.shape[:2] == (256, 256) for image in images)  # the default grid: 256 px
+        return [torch.full(tuple(size), 0.7 if i % 2 else 0.2) for i, size in enumerate(output_sizes)]
 
     summary = predict_to_folder(predictor, resolve_inputs(tmp_path / "in"), out, VolumeSummary(), batch_size=3,
                                 progress=False)
@@ -242,8 +214,8 @@ def test_tta_is_the_mean_of_the_flipped_predictions(tmp_path):
                 probability = model([flipped])[0]["sem_seg"][1]
                 passes.append(probability.flip([d - 1 for d in dims]) if dims else probability)
             expected.append(torch.stack(passes).mean(0))
-    got = SlicePredictor(model, tta=True)(images)
-    plain = SlicePredictor(model)(images)
+    got = SlicePredictor(model, tta=True, precision="fp32")(images)  # the expected passes ran in fp32
+    plain = SlicePredictor(model, precision="fp32")(images)
     assert SlicePredictor(model, tta=True).tta_names == ["identity", "hflip", "vflip", "hvflip"]
     for g, e, p in zip(got, expected, plain):
         torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
@@ -303,3 +275,21 @@ def test_fuzzed_inputs_end_in_a_listed_failure_or_a_valid_mask(trained, tmp_path
             mask = np.asarray(Image.open(mask_path))
             shape = np.asarray(Image.open(folder / f"fuzz_{k}.tif")).shape[:2]
             assert mask.shape == shape and set(np.unique(mask).tolist()) <= {0, 255}
+
+
+def test_ensemble_of_two_checkpoints_is_the_mean_of_their_probabilities(trained, tmp_path, capsys):
+    root, _, perfect = trained
+    torch.manual_seed(1)
+    other = tmp_path / "random.pth"
+    torch.save({"model": instantiate(load_config(CONFIG, TINY).model).state_dict()}, other)
+    probabilities = {}
+    for name, weights in (("perfect", [perfect]), ("random", [other]), ("both", [perfect, other])):
+        out = tmp_path / name
+        code, err = _predict(capsys, "--weights", *weights, "--input", root, "--output", out, "--save-probabilities",
+                             "--no-overlays", "--precision", "fp32")
+        assert code == 0, err
+        probabilities[name] = np.stack([np.asarray(Image.open(p)) for p in sorted(out.rglob("*_prob.tif"))])
+    assert len(probabilities["both"]) == 22
+    np.testing.assert_allclose(probabilities["both"], (probabilities["perfect"] + probabilities["random"]) / 2,
+                               atol=1e-6)
+    assert np.abs(probabilities["perfect"] - probabilities["random"]).max() > 0.1  # two different models

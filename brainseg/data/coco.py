@@ -11,6 +11,8 @@ from ..utils.errors import LGGDataError
 from ..utils.io import atomic_write
 from .lgg import find_kaggle_root
 from .records import load_lgg_records
+from .volume_dataset import load_volume_records
+from .volumes import is_volume_input
 from .split import DEFAULT_SPLIT_RATIOS, DEFAULT_SPLIT_SEED, SPLITS, split_patients
 
 __all__ = ["convert_lgg_to_coco", "records_to_coco", "load_coco_records", "ensure_coco_json", "coco_json_path", "coco_json_name"]
@@ -18,27 +20,34 @@ __all__ = ["convert_lgg_to_coco", "records_to_coco", "load_coco_records", "ensur
 # brainseg spells "tumour" in code; the COCO category and detectron2 class name is "tumor", the
 # spelling of the dataset (data.csv: tumor_location) and of most COCO-style tools
 TUMOUR_CATEGORY = {"id": 1, "name": "tumor", "supercategory": "lesion"}
+_VOLUME_KEYS = ("spacing", "intensity_range")
 
 
 def records_to_coco(records: List[dict], kaggle_root: Union[str, os.PathLike], info: dict) -> dict:
     """Build a COCO dict from dataset dicts.
 
-    Image ``file_name`` is relative to the ``kaggle_3m`` folder; images also carry
-    ``patient_id``, ``slice_index`` and ``mask_file_name``. Category id 1 is "tumor"
-    (contiguous id 0 in detectron2).
+    Image ``file_name`` is relative to the ``kaggle_3m`` folder (the dataset root for NIfTI
+    datasets); images also carry ``patient_id``, ``slice_index`` and ``mask_file_name`` (TIFF) or
+    ``volume_files``, ``spacing`` and ``intensity_range`` (NIfTI slices). Category id 1 is
+    "tumor" (contiguous id 0 in detectron2).
     """
     kaggle_root = Path(kaggle_root)
     images, annotations = [], []
     for record in records:
-        images.append({
+        image = {
             "id": record["image_id"],
             "file_name": os.path.relpath(record["file_name"], kaggle_root),
-            "mask_file_name": os.path.relpath(record["sem_seg_file_name"], kaggle_root),
             "height": record["height"],
             "width": record["width"],
             "patient_id": record["patient_id"],
             "slice_index": record["slice_index"],
-        })
+        }
+        if "sem_seg_file_name" in record:
+            image["mask_file_name"] = os.path.relpath(record["sem_seg_file_name"], kaggle_root)
+        if "volume_files" in record:  # a NIfTI slice (brainseg.data.volume_dataset)
+            image["volume_files"] = [os.path.relpath(f, kaggle_root) for f in record["volume_files"]]
+            image.update({key: record[key] for key in _VOLUME_KEYS})
+        images.append(image)
         for ann in record["annotations"]:
             annotations.append({
                 "id": len(annotations) + 1,
@@ -75,8 +84,12 @@ def convert_lgg_to_coco(
     Returns:
         dict: split name -> json path.
     """
-    kaggle_root = find_kaggle_root(root)
-    records = load_lgg_records(kaggle_root, None, polygons=polygons)
+    if is_volume_input(root):
+        kaggle_root = Path(root).expanduser().resolve()
+        records = load_volume_records(kaggle_root, None)
+    else:
+        kaggle_root = find_kaggle_root(root)
+        records = load_lgg_records(kaggle_root, None, polygons=polygons)
     splits = split_patients(sorted({r["patient_id"] for r in records}), ratios=ratios, seed=seed)
     payloads = {}
     for split in SPLITS:
@@ -137,7 +150,9 @@ def load_coco_records(json_file: Union[str, os.PathLike], kaggle_root: Optional[
         }
         if "mask_file_name" in image:
             record["sem_seg_file_name"] = str(base / image["mask_file_name"])
-        for key in ("patient_id", "slice_index"):
+        if "volume_files" in image:
+            record["volume_files"] = [str(base / f) for f in image["volume_files"]]
+        for key in ("patient_id", "slice_index") + _VOLUME_KEYS:
             if key in image:
                 record[key] = image[key]
         records.append(record)

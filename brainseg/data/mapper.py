@@ -1,5 +1,6 @@
 """Dataset mapper for LGG slices: read, augment image and mask together, build targets."""
 import copy
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,9 +10,12 @@ from detectron2.structures import BitMasks, Instances
 
 from .instances import annotations_to_mask, connected_components
 from .io import read_lgg_image, read_lgg_mask
+from .normalization import check_normalization, normalize_intensities, patient_folder_intensity_range
 from .samplers import AUG_SEED_KEY
+from .volume_dataset import read_volume_slice
 
-__all__ = ["LGGDatasetMapper", "build_lgg_augmentations", "build_lgg_test_augmentations", "mask_to_instances", "Rot90Transform", "RandomRot90"]
+__all__ = ["LGGDatasetMapper", "build_lgg_augmentations", "build_lgg_test_augmentations", "mask_to_instances",
+           "read_record_image", "Rot90Transform", "RandomRot90"]
 
 
 class Rot90Transform(T.Transform):
@@ -106,30 +110,57 @@ def build_lgg_test_augmentations(*, resize_to: Optional[int] = None) -> List[T.A
     return [T.Resize((resize_to, resize_to))] if resize_to else []
 
 
-class LGGDatasetMapper:
-    """Turn an LGG dataset dict into model inputs.
+def read_record_image(record: dict, intensity_normalization: str = "none") -> np.ndarray:
+    """The image of a dataset record, normalised as asked.
 
-    Output fields (besides the record's own): ``image`` uint8 tensor (3, H, W) in file channel
-    order, ``sem_seg`` int64 tensor (H, W) with values {0, 1}, and in training ``instances``
-    (``gt_boxes``, ``gt_classes``, ``gt_masks`` as BitMasks), one per connected component of
-    the (augmented) mask.
+    Args:
+        record: an LGG slice record (``file_name`` a TIFF) or a NIfTI slice record
+            (``volume_files``, ``slice_index``, ``intensity_range``; see
+            :mod:`brainseg.data.volume_dataset`).
+        intensity_normalization: "none" or "volume" (:mod:`brainseg.data.normalization`);
+            NIfTI slices are always normalised per volume.
+
+    Returns:
+        (H, W, 3): uint8 for a TIFF slice without normalisation, else float32 on the 0..255 scale.
+    """
+    if "volume_files" in record:
+        image = read_volume_slice(record["volume_files"], int(record["slice_index"]))
+        return normalize_intensities(image, record["intensity_range"])
+    image = read_lgg_image(record["file_name"])
+    if check_normalization(intensity_normalization) == "volume":
+        return normalize_intensities(image, patient_folder_intensity_range(str(Path(record["file_name"]).parent)))
+    return image
+
+
+class LGGDatasetMapper:
+    """Turn an LGG dataset dict (TIFF slice or NIfTI slice) into model inputs.
+
+    Output fields (besides the record's own): ``image`` tensor (3, H, W) in file channel order
+    (uint8 for TIFF slices without normalisation, else float32 on the 0..255 scale, see
+    :mod:`brainseg.data.normalization`), ``sem_seg`` int64 tensor (H, W) with values {0, 1}, and
+    in training ``instances`` (``gt_boxes``, ``gt_classes``, ``gt_masks`` as BitMasks), one per
+    connected component of the (augmented) mask.
     """
 
-    def __init__(self, *, is_train: bool, augmentations: Optional[Sequence[T.Augmentation]] = None):
+    def __init__(self, *, is_train: bool, augmentations: Optional[Sequence[T.Augmentation]] = None,
+                 intensity_normalization: str = "none"):
         """
         Args:
             is_train: training mode (random augmentations by default, ``instances`` built).
             augmentations: detectron2 augmentations; default :func:`build_lgg_augmentations`
                 in training and none in evaluation.
+            intensity_normalization: "none" (TIFF intensities as they are) or "volume" (per
+                patient and channel, :func:`brainseg.data.normalization.normalize_intensities`).
         """
         self.is_train = is_train
         if augmentations is None:
             augmentations = build_lgg_augmentations() if is_train else []
         self.augmentations = T.AugmentationList(list(augmentations))
+        self.intensity_normalization = check_normalization(intensity_normalization)
 
     def __call__(self, dataset_dict: dict) -> dict:
         record = copy.copy(dataset_dict)
-        image = read_lgg_image(record["file_name"])
+        image = read_record_image(record, self.intensity_normalization)
         height, width = image.shape[:2]
         if "sem_seg_file_name" in record:
             mask = read_lgg_mask(record["sem_seg_file_name"], expected_shape=(height, width))
@@ -144,11 +175,14 @@ class LGGDatasetMapper:
             aug_input = T.AugInput(image, sem_seg=mask)
             self.augmentations(aug_input)
             image, mask = aug_input.image, aug_input.sem_seg
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
+        if self.intensity_normalization == "none" and "volume_files" not in record and image.dtype != np.uint8:
+            image = np.clip(np.rint(image), 0, 255).astype(np.uint8)  # augmented TIFF intensities
+        elif image.dtype != np.uint8:
+            image = np.maximum(image, 0).astype(np.float32)
         record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         record["sem_seg"] = torch.from_numpy(mask.astype(np.int64))
-        record.pop("annotations", None)
         if self.is_train:
+            record.pop("annotations", None)
             record["instances"] = mask_to_instances(mask)
         return record
 

@@ -7,11 +7,24 @@ zoo's ``common/train.py``, which has none of brainseg's keys) runs in ``tools/tr
 Lengths are in iterations; set ``epochs`` / ``eval_period_epochs`` /
 ``checkpoint_period_epochs`` to speak in epochs instead (converted with the size of the
 training set and ``dataloader.train.total_batch_size``).
+
+Precision (:func:`resolve_train_precision`): ``train.precision`` ("auto" by default) picks fp16
+autocast on CUDA, bf16 autocast on a CPU with native bf16 (AMX-BF16 / AVX512-BF16) and fp32 on
+other CPUs (see :mod:`brainseg.utils.precision`); ``"fp32"``, ``"bf16"``, ``"fp16"`` force one.
+The older switch ``train.amp.enabled=True`` still means "bf16 on CPU, fp16 on CUDA": it wins over
+``precision="auto"``, an explicit ``"bf16"``/``"fp16"`` wins over it, and together with
+``precision="fp32"`` it is a contradiction (an error). Training, validation and the test
+evaluation run under the policy; BatchNorm statistics, losses and metrics stay float32.
 """
 import copy
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Mapping, MutableMapping, Union
 
-__all__ = ["TRAIN_DEFAULTS", "with_train_defaults"]
+import torch
+
+from brainseg.utils.errors import ConfigError
+from brainseg.utils.precision import PrecisionPolicy, resolve_precision
+
+__all__ = ["TRAIN_DEFAULTS", "with_train_defaults", "resolve_train_precision"]
 
 TRAIN_DEFAULTS = dict(
     output_dir="./output/lgg",
@@ -31,7 +44,11 @@ TRAIN_DEFAULTS = dict(
     early_stop_patience=0,
     device="auto",  # "auto": cuda when available, else cpu
     seed=0,
-    # mixed precision: fp16 AMP on CUDA, bf16 autocast on CPU
+    # "auto": fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 (AMX-BF16/AVX512-BF16),
+    # else fp32; or "fp32", "bf16", "fp16" (CUDA only). Precedence: see resolve_train_precision
+    precision="auto",
+    # the older mixed-precision switch: True means bf16 on CPU / fp16 (+ GradScaler) on CUDA and
+    # wins over precision="auto"
     amp=dict(enabled=False),
     # clip the global L2 norm of all gradients to this value before each step (None: off)
     clip_grad_norm=None,
@@ -78,3 +95,35 @@ def with_train_defaults(cfg) -> None:
         cfg["train"] = copy.deepcopy(TRAIN_DEFAULTS)
     else:
         _fill(cfg["train"], TRAIN_DEFAULTS)
+
+
+def resolve_train_precision(train_cfg: Mapping[str, Any], device: Union[str, torch.device]) -> PrecisionPolicy:
+    """The precision policy of training and evaluation from ``cfg.train``.
+
+    Precedence: an explicit ``train.precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``) wins; with
+    ``"auto"`` (the default), ``train.amp.enabled=True`` means bf16 on CPU and fp16 on CUDA,
+    otherwise the machine decides (:func:`~brainseg.utils.precision.resolve_precision`).
+
+    Args:
+        train_cfg: ``cfg.train`` (missing keys count as their defaults).
+        device: the device the model trains on.
+
+    Returns:
+        the :class:`~brainseg.utils.precision.PrecisionPolicy`.
+
+    Raises:
+        ConfigError: a bad ``train.precision``, or ``train.amp.enabled=True`` with
+            ``train.precision=fp32``.
+    """
+    precision = train_cfg.get("precision", TRAIN_DEFAULTS["precision"])
+    if (train_cfg.get("amp") or {}).get("enabled", False):
+        chosen = str(precision).strip().lower()
+        if chosen == "fp32":
+            raise ConfigError("train.amp.enabled=True asks for mixed precision but train.precision='fp32' "
+                              "forbids it; set only one of them")
+        if chosen == "auto":
+            precision = "fp16" if torch.device(device).type == "cuda" else "bf16"
+    try:
+        return resolve_precision(precision, device)
+    except ConfigError as e:
+        raise ConfigError(f"train.precision: {e}") from None

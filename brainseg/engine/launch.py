@@ -55,11 +55,12 @@ from brainseg.utils.config import load_config, resolve_device
 from brainseg.utils.errors import UserError
 from brainseg.utils.io import atomic_write
 from brainseg.utils.malloc import tune_glibc_malloc
+from brainseg.utils.precision import PrecisionPolicy
 from brainseg.utils.workers import WatchedLoader, make_opencv_fork_safe
 from brainseg.visualization.calibration_plot import save_reliability_diagram
 from brainseg.visualization.overlay import write_dataset_overlays
 
-from .defaults import with_train_defaults
+from .defaults import resolve_train_precision, with_train_defaults
 from .hooks import BestCheckpointAndEarlyStop, RNGStateHook
 from .trainer import BrainSegTrainer, NonFiniteLossError
 
@@ -113,9 +114,14 @@ def watched(cfg, loader, name: str):
     return WatchedLoader(loader, name, warn_after=seconds) if seconds else loader
 
 
-def evaluate(cfg, model, split: str = "test") -> dict:
+def evaluate(cfg, model, split: str = "test", *, precision: Optional[PrecisionPolicy] = None) -> dict:
     """Run ``model`` on ``dataloader.<split>`` and return the evaluators' results; the test split's
-    probabilities are also saved when ``train.save_probabilities``."""
+    probabilities are also saved when ``train.save_probabilities``.
+
+    The forward passes run under ``precision`` (default: the training policy of ``cfg.train``,
+    :func:`~brainseg.engine.defaults.resolve_train_precision`); outputs and metrics are float32."""
+    if precision is None:
+        precision = resolve_train_precision(cfg.train, resolve_device(cfg.train.get("device", "auto")))
     loader = watched(cfg, instantiate(cfg.dataloader[split]), f"dataloader.{split}")
     evaluator = build_evaluator(cfg, split)
     if split == "test" and cfg.train.get("save_probabilities", False):
@@ -123,7 +129,7 @@ def evaluate(cfg, model, split: str = "test") -> dict:
                                    resolve_dataset_name(cfg.dataloader.test.dataset.names),
                                    mask_threshold=model_mask_threshold(model))
         evaluator = DatasetEvaluators([evaluator, writer])
-    results = inference_on_dataset(model, loader, evaluator)
+    results = inference_on_dataset(precision.wrap(model), loader, evaluator)
     if comm.is_main_process():
         logger.info(f"Evaluation on {split} ({cfg.dataloader[split].dataset.names}):")
         print_csv_format(results)
@@ -260,7 +266,9 @@ def build_model(cfg, device: str) -> torch.nn.Module:
 
 
 def train(args, cfg, model, device: str) -> dict:
-    """Train with periodic validation, best/periodic checkpoints; evaluate the best model on test."""
+    """Train with periodic validation, best/periodic checkpoints; evaluate the best model on test.
+    Training, validation and the test evaluation share one precision policy (``train.precision``)."""
+    precision = resolve_train_precision(cfg.train, device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     wrapped = model
@@ -271,7 +279,7 @@ def train(args, cfg, model, device: str) -> dict:
             broadcast_buffers=ddp.get("broadcast_buffers", False),
             find_unused_parameters=ddp.get("find_unused_parameters", False))
     # The data loader is built after the checkpoint is loaded, so that it resumes its stream.
-    trainer = BrainSegTrainer(wrapped, None, optimizer, amp=cfg.train.amp.enabled, device=device,
+    trainer = BrainSegTrainer(wrapped, None, optimizer, precision=precision, device=device,
                               clip_grad_norm=cfg.train.get("clip_grad_norm"))
     checkpointer = BrainSegCheckpointer(model, cfg.train.output_dir, trainer=trainer,
                                         allow_unsafe_load=cfg.train.get("allow_unsafe_checkpoint", False))
@@ -280,7 +288,7 @@ def train(args, cfg, model, device: str) -> dict:
 
     def validate() -> dict:
         sync_buffers_from_main(model)
-        return evaluate(cfg, model, val_split)
+        return evaluate(cfg, model, val_split, precision=precision)
 
     trainer.register_hooks([
         hooks.IterationTimer(),
@@ -315,7 +323,7 @@ def train(args, cfg, model, device: str) -> dict:
     if fitted and comm.is_main_process():
         store_calibration(evaluated, {key: float(getattr(model, key)) for key in fitted})
     comm.synchronize()
-    return {**evaluate(cfg, model, "test"), **calibration}
+    return {**evaluate(cfg, model, "test", precision=precision), **calibration}
 
 
 def store_calibration(checkpoint: str, values: dict) -> None:
@@ -350,7 +358,9 @@ def main(args) -> None:
             logger.warning("train.choose_threshold / fit_temperature apply after training; --eval-only uses "
                            "the checkpoint's values")
         calibration = calibrate_on_validation(cfg, model, fit=False)
-        results = {**evaluate(cfg, model, "test"), **calibration}
+        precision = resolve_train_precision(cfg.train, device)
+        logger.info(f"precision: {precision.describe()}")
+        results = {**evaluate(cfg, model, "test", precision=precision), **calibration}
     else:
         results = train(args, cfg, model, device)
     save_results(cfg, results)

@@ -3,13 +3,15 @@ gradient-norm clipping, a non-finite-loss guard on every rank, and a clean way f
 stop training early."""
 import logging
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+
+from brainseg.utils.precision import PrecisionPolicy, resolve_precision
 
 __all__ = ["BrainSegTrainer", "NonFiniteLossError"]
 
@@ -21,9 +23,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class BrainSegTrainer(SimpleTrainer):
-    """SimpleTrainer with optional autocast (bf16 on CPU, fp16 + GradScaler on CUDA), optional
-    clipping of the whole model's gradient norm, a loss check before every optimizer step,
-    and :meth:`request_stop` for early stopping."""
+    """SimpleTrainer with a precision policy (fp32, bf16 autocast, fp16 autocast + GradScaler on
+    CUDA), optional clipping of the whole model's gradient norm, a loss check before every
+    optimizer step, and :meth:`request_stop` for early stopping."""
 
     def __init__(
         self,
@@ -31,15 +33,17 @@ class BrainSegTrainer(SimpleTrainer):
         data_loader,
         optimizer,
         *,
-        amp: bool = False,
+        precision: Union[str, PrecisionPolicy] = "fp32",
         device: str = "cpu",
         clip_grad_norm: Optional[float] = None,
     ):
         """
         Args:
             model, data_loader, optimizer: as for detectron2's SimpleTrainer.
-            amp: run forward passes under autocast (bfloat16 on CPU, float16 on CUDA).
-            device: "cpu" or "cuda".
+            precision: the forward passes' precision: a policy, or a name ("auto", "fp32",
+                "bf16", "fp16") resolved for ``device`` by
+                :func:`~brainseg.utils.precision.resolve_precision`. fp16 adds a GradScaler.
+            device: the device the model trains on ("cpu", "cuda", "cuda:1").
             clip_grad_norm: if set, rescale the gradients of all parameters together so that
                 their global L2 norm is at most this value (detectron2's "full_model" clipping);
                 the norm before clipping is logged as ``grad_norm``.
@@ -48,10 +52,8 @@ class BrainSegTrainer(SimpleTrainer):
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"train.clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}")
         self.clip_grad_norm = clip_grad_norm
-        self.device_type = "cuda" if str(device).startswith("cuda") else "cpu"
-        self.amp = amp
-        self.amp_dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
-        self.grad_scaler = torch.amp.GradScaler("cuda") if amp and self.device_type == "cuda" else None
+        self.precision = precision if isinstance(precision, PrecisionPolicy) else resolve_precision(precision, device)
+        self.grad_scaler = torch.amp.GradScaler(self.precision.device_type) if self.precision.use_grad_scaler else None
         self.stop_reason: Optional[str] = None
 
     def request_stop(self, reason: str) -> None:
@@ -61,6 +63,7 @@ class BrainSegTrainer(SimpleTrainer):
     def train(self, start_iter: int, max_iter: int) -> None:
         """Run iterations ``start_iter .. max_iter - 1``, or until a hook requests a stop."""
         logger.info(f"Starting training from iteration {start_iter}")
+        logger.info(f"precision: {self.precision.describe()}")
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         with EventStorage(start_iter) as self.storage:
@@ -82,8 +85,7 @@ class BrainSegTrainer(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
-        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
-            loss_dict = self.model(data)
+        loss_dict = self.precision.run(self.model, data)  # losses back in float32
         losses = sum(loss_dict.values())
         self._check_finite(losses, loss_dict)
         self.optimizer.zero_grad()

@@ -7,6 +7,15 @@ from .build import build_evaluators, resolve_dataset_name
 from .calibration import DEFAULT_NUM_BINS, ReliabilityBins, bin_indices, expected_calibration_error
 from .calibration_evaluation import CalibrationEvaluator
 from .coco_evaluation import LGGCOCOEvaluator
+from .comparison_statistics import (
+    PairedTest,
+    bootstrap_ci,
+    holm_adjust,
+    paired_wilcoxon,
+    pairwise_wilcoxon_holm,
+    summarize,
+)
+from .lesions import DEFAULT_LESION_CONNECTIVITY, LesionMatches, lesion_matches, lesion_wise_metrics
 from .lgg_evaluation import LGGEvaluator, SliceResult, nsd_key, summarize_slices
 from .masks import MASK_SOURCES, describe_record, prediction_mask, truth_mask
 from .metrics import (

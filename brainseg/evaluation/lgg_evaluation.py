@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD
 from brainseg.utils.io import atomic_write
 
+from .lesions import lesion_wise_metrics
 from .masks import MASK_SOURCES, describe_record, prediction_mask, truth_mask
 from .metrics import (
     confusion_counts,
@@ -36,7 +37,10 @@ from .metrics import (
 )
 from .spacing import PatientSpacingSource, Spacing, load_patient_spacing, spacing_for
 
-__all__ = ["LGGEvaluator", "SliceResult", "summarize_slices", "nsd_key"]
+__all__ = ["LGGEvaluator", "SliceResult", "summarize_slices", "nsd_key", "LESION_COLUMNS"]
+
+# the per-patient lesion-wise columns (brainseg.evaluation.lesions.lesion_wise_metrics)
+LESION_COLUMNS = ("lesion_tp", "lesion_fp", "lesion_fn", "lesion_f1", "lesion_dice")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,10 @@ class LGGEvaluator(DatasetEvaluator):
       surface), mean over patients; a patient with exactly one empty mask scores 0, one with
       both empty is skipped (``n_empty_patients``). Without any spacing the keys are
       ``nsd_<tau>vox`` and tau is in voxels.
+    * ``lesion_f1_mean``, ``lesion_dice_mean``: per-patient lesion-wise F1 and BraTS-style
+      lesion Dice (lesions = 26-connected 3-D components, see
+      :func:`~brainseg.evaluation.lesions.lesion_wise_metrics`), mean over patients; a patient
+      with both masks empty scores 1.
     * Units: surface metrics are in mm when a spacing is known (``patient_spacing`` row of
       the patient, else ``spacing``), otherwise in voxels with slice gap 1; ``surface_in_mm``
       is 1 or 0 accordingly (results are numbers only, so the unit is a flag).
@@ -130,7 +138,8 @@ class LGGEvaluator(DatasetEvaluator):
       mean over batches); with batch size 1 an empty-empty slice scores 1.
 
     ``lgg_per_patient.csv`` (when ``output_dir`` is set) has one row per patient with the
-    per-patient values of all these metrics (``dice``, ``iou``, ``hd95``, ``assd``,
+    per-patient values of all these metrics (``dice``, ``iou``, ``lesion_tp``, ``lesion_fp``,
+    ``lesion_fn``, ``lesion_f1``, ``lesion_dice``, ``hd95``, ``assd``,
     ``nsd_*``, their ``*_lcc`` versions), the spacing used and ``surface_units``.
     """
 
@@ -209,6 +218,7 @@ class LGGEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._slices: List[SliceResult] = []
         self._seed_batches: List[Tuple[float, float, int]] = []
+        self._record_spacing: Dict[str, Spacing] = {}
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
         """Score a batch: one :class:`SliceResult` per slice and one seed-compatible
@@ -224,7 +234,10 @@ class LGGEvaluator(DatasetEvaluator):
             for key in ("patient_id", "slice_index"):
                 if key not in record:
                     raise KeyError(f"LGGEvaluator needs '{key}' in the dataset record of {describe_record(record)}")
-            spacing_for(str(record["patient_id"]), patient_spacing=self._patient_spacing, spacing=self._spacing)
+            if "spacing" in record:  # NIfTI slices carry their volume's spacing
+                self._record_spacing.setdefault(str(record["patient_id"]), tuple(float(s) for s in record["spacing"]))
+            else:
+                spacing_for(str(record["patient_id"]), patient_spacing=self._patient_spacing, spacing=self._spacing)
             prediction = prediction_mask(
                 record,
                 output,
@@ -261,13 +274,16 @@ class LGGEvaluator(DatasetEvaluator):
         """
         if self._distributed:
             comm.synchronize()
-            gathered = comm.gather((self._slices, self._seed_batches), dst=0)
+            gathered = comm.gather((self._slices, self._seed_batches, self._record_spacing), dst=0)
             if not comm.is_main_process():
                 return OrderedDict()
             slices = list(itertools.chain(*(g[0] for g in gathered)))
             seed_batches = list(itertools.chain(*(g[1] for g in gathered)))
+            record_spacing = {k: v for g in gathered for k, v in g[2].items()}
         else:
-            slices, seed_batches = self._slices, self._seed_batches
+            slices, seed_batches, record_spacing = self._slices, self._seed_batches, self._record_spacing
+        # a table given by the user wins over the spacing the records carry
+        patient_spacing = {**record_spacing, **(self._patient_spacing or {})} or None
         if not slices:
             self._logger.warning("[LGGEvaluator] no predictions were processed.")
             return OrderedDict()
@@ -276,7 +292,7 @@ class LGGEvaluator(DatasetEvaluator):
             seed_batches,
             min_presence_area=self._min_presence_area,
             spacing=self._spacing,
-            patient_spacing=self._patient_spacing,
+            patient_spacing=patient_spacing,
             compute_hd95=self._compute_hd95,
             nsd_tolerances=self._nsd_tolerances,
             largest_component=self._largest_component,
@@ -299,12 +315,13 @@ class LGGEvaluator(DatasetEvaluator):
             "hd95 (pooled 95th percentile of both directions), assd: means over patients with both masks "
             "non-empty (n_hd95_excluded excluded).",
             "nsd_*: surface voxels within the tolerance; one mask empty scores 0, both empty skipped.",
+            "lesion_*_mean: per-patient lesion-wise F1 / Dice (26-connected 3-D lesions), both empty scoring 1.",
             "seed_*: UNeXt convention (per-batch pooled, smooth 1e-5, batch-weighted mean).",
         ]
         if self._largest_component:
             notes.append("*_lcc: each patient's prediction reduced to its largest 3-D 6-connected component.")
         return (
-            tabulate(rows, headers=["metric (fractions in [0,1])", "value"], tablefmt="pipe", disable_numparse=True)
+            tabulate(rows, headers=["metric", "value"], tablefmt="pipe", disable_numparse=True)
             + "\n"
             + "\n".join(notes)
         )
@@ -383,6 +400,8 @@ def summarize_slices(
     metrics["assd"] = _nanmean(_column(per_patient, "assd"))
     for key in nsd_keys:
         metrics[key] = _nanmean(_column(per_patient, key))
+    metrics["lesion_f1_mean"] = _nanmean(_column(per_patient, "lesion_f1"))
+    metrics["lesion_dice_mean"] = _nanmean(_column(per_patient, "lesion_dice"))
     if largest_component:
         metrics["dice_volume_mean_lcc"] = _nanmean(_column(per_patient, "dice_lcc"))
         metrics["dice_volume_median_lcc"] = _nanmedian(_column(per_patient, "dice_lcc"))
@@ -439,7 +458,10 @@ def _patient_row(
         sensitivity=safe_ratio(tp, tp + fn),
         precision=safe_ratio(tp, tp + fp),
     )
-    volumes = _stack_volumes(patient_id, group) if tp + fp + fn and (compute_surface or largest_component) else None
+    prediction, truth = _stack_volumes(patient_id, group)
+    lesions = lesion_wise_metrics(prediction, truth)
+    row.update((key, lesions[key]) for key in LESION_COLUMNS)
+    volumes = (prediction, truth) if tp + fp + fn else None
     surface = dict(spacing=spacing, tolerances=nsd_tolerances, nsd_keys=nsd_keys)
     row.update(_surface_columns(volumes if compute_surface else None, **surface))
     if largest_component:

@@ -6,6 +6,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
+from brainseg.data.instances import annotations_to_mask
 from brainseg.data.io import read_lgg_mask
 
 from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD, TUMOUR_PROBABILITY, tumour_mask, tumour_probability
@@ -85,7 +86,8 @@ def truth_mask(record: Dict[str, Any], shape: Tuple[int, int]) -> np.ndarray:
 
     Taken from the record's ``sem_seg`` tensor when it has the prediction's ``shape`` (values 0/1
     as brainseg's mapper gives them, or the raw 0/255 of the file that detectron2's own
-    DatasetMapper passes on), otherwise read from ``sem_seg_file_name`` (0/255 or 0/1 on disk).
+    DatasetMapper passes on), otherwise read from ``sem_seg_file_name`` (0/255 or 0/1 on disk), or
+    else rasterised from the record's ``annotations`` at ``shape`` (NIfTI slices).
 
     Args:
         record: the slice's dataset record.
@@ -101,6 +103,8 @@ def truth_mask(record: Dict[str, Any], shape: Tuple[int, int]) -> np.ndarray:
             if not bool(((sem_seg != 0) & (sem_seg != tumour)).any()):
                 return (sem_seg == tumour).cpu().numpy()
         raise ValueError(f"'sem_seg' of {describe_record(record)} must hold 0/1 (or 0/255) values")
-    if "sem_seg_file_name" not in record:
-        raise KeyError(f"need 'sem_seg_file_name' or 'sem_seg' in the record of {describe_record(record)}")
-    return read_lgg_mask(record["sem_seg_file_name"], expected_shape=shape).astype(bool)
+    if "sem_seg_file_name" in record:
+        return read_lgg_mask(record["sem_seg_file_name"], expected_shape=shape).astype(bool)
+    if "annotations" in record:  # e.g. NIfTI slices, whose truth lives in the dataset's annotations
+        return annotations_to_mask(record["annotations"], *shape).astype(bool)
+    raise KeyError(f"need 'sem_seg', 'sem_seg_file_name' or 'annotations' in the record of {describe_record(record)}")

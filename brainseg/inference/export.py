@@ -173,7 +173,7 @@ def _max_abs_diff(run: Callable[[torch.Tensor], np.ndarray], batches: Sequence[t
 def _check_model_agreement(model: nn.Module, module: ExportableSegmenter, samples: np.ndarray,
                            tolerance: float) -> float:
     """Max difference between the export module and the model's own eval pipeline."""
-    predictor = SlicePredictor(model)
+    predictor = SlicePredictor(model, precision="fp32")  # the exported graphs are fp32
     expected = torch.stack(predictor(list(samples.transpose(0, 2, 3, 1))))
     with torch.inference_mode():
         got = module(torch.from_numpy(samples))[:, 0]

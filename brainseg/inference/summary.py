@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import numpy as np
+
 from brainseg.utils.io import atomic_write
 
 __all__ = ["SliceArea", "PatientVolume", "VolumeSummary"]
 
-CSV_COLUMNS = ("patient", "slices", "slices_with_tumour", "tumour_voxels", "tumour_volume_mm3",
+CSV_COLUMNS = ("patient", "slices", "slices_with_tumour", "tumour_voxels", "tumour_volume_mm3", "spacing_mm",
                "max_area_slice", "max_area_px", "area_per_slice_px")
 
 
@@ -35,6 +37,7 @@ class PatientVolume:
 
     patient_id: str
     slices: List[SliceArea] = field(default_factory=list)
+    spacing: Optional[List[float]] = None  # (x, y, z) mm of this patient, when it has its own
 
     @property
     def voxels(self) -> int:
@@ -52,9 +55,13 @@ class PatientVolume:
         return best if best is not None and best.area_px > 0 else None
 
     def as_dict(self, voxel_volume_mm3: Optional[float]) -> Dict[str, Any]:
+        """The patient's row; its own ``spacing`` (a NIfTI header's) wins over ``voxel_volume_mm3``."""
         best = self.max_area_slice
+        if self.spacing is not None:
+            voxel_volume_mm3 = float(np.prod(self.spacing))
         return {
             "patient": self.patient_id,
+            "spacing_mm": self.spacing,
             "slices": len(self.slices),
             "slices_with_tumour": self.num_tumour_slices,
             "tumour_voxels": self.voxels,
@@ -95,6 +102,11 @@ class VolumeSummary:
         volume = self.patients.setdefault(patient_id, PatientVolume(patient_id))
         volume.slices.append(SliceArea(name, slice_index, int(area_px)))
 
+    def set_spacing(self, patient_id: str, spacing: Sequence[float]) -> None:
+        """The (x, y, z) voxel size in mm of one patient (e.g. from its NIfTI header)."""
+        volume = self.patients.setdefault(patient_id, PatientVolume(patient_id))
+        volume.spacing = [float(s) for s in spacing]
+
     def add_failure(self, path: Union[str, os.PathLike], patient_id: str, message: str) -> None:
         """Record an input that could not be used."""
         self.failures.append({"file": str(path), "patient": patient_id, "error": message})
@@ -121,6 +133,8 @@ class VolumeSummary:
         writer.writeheader()
         for row in self.rows():
             row = dict(row, area_per_slice_px=" ".join(str(s["area_px"]) for s in row["area_per_slice_px"]))
+            spacing = row.pop("spacing_mm")
+            row["spacing_mm"] = "" if spacing is None else " ".join(f"{s:g}" for s in spacing)
             if row["tumour_volume_mm3"] is None:
                 row["tumour_volume_mm3"] = ""
             writer.writerow(row)

@@ -8,6 +8,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
+from .fusion import FoldedNetCache
 from .postprocessing import (
     DEFAULT_MASK_THRESHOLD,
     TUMOUR_PROBABILITY,
@@ -51,6 +52,7 @@ class BrainSegSemantic(nn.Module):
         size_divisibility: Optional[int] = None,
         channels_last: bool = True,
         compile_inference: bool = False,
+        fuse_for_inference: bool = True,
     ):
         """
         Args:
@@ -68,6 +70,8 @@ class BrainSegSemantic(nn.Module):
             channels_last: run the net in channels-last memory format (faster convs on CPU).
             compile_inference: run the net through ``torch.compile`` in eval mode; when
                 compilation fails it logs a warning and falls back to eager mode.
+            fuse_for_inference: eval forwards without gradients run a copy of the net with its
+                BatchNorms folded into the preceding convolutions (see :meth:`inference_net`).
         """
         super().__init__()
         if len(pixel_mean) != len(pixel_std):
@@ -86,12 +90,19 @@ class BrainSegSemantic(nn.Module):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.compile_inference = compile_inference
-        # kept out of the module tree so it adds nothing to state_dict()
-        self.__dict__["_compiled_net"] = None
+        self.fuse_for_inference = fuse_for_inference
+        # kept out of the module tree so they add nothing to state_dict()
+        self.__dict__["_compiled_net"] = None  # (the net it compiles, the compiled net)
+        self._folded_net = FoldedNetCache()
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def train(self, mode: bool = True) -> "BrainSegSemantic":
+        if mode:
+            self._folded_net.clear()  # no stale copy held while training; eval folds the new weights
+        return super().train(mode)
 
     def forward(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor] | List[Dict]:
         """
@@ -111,7 +122,8 @@ class BrainSegSemantic(nn.Module):
         if self.training:
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
             targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_label).tensor
-            return {"loss_sem_seg": self.loss(logits, targets)}
+            with torch.autocast(logits.device.type, enabled=False):  # the loss in float32 under mixed precision
+                return {"loss_sem_seg": self.loss(logits.float(), targets)}
         return [
             self.postprocess(logit, image_size, x.get("height", image_size[0]), x.get("width", image_size[1]))
             for logit, image_size, x in zip(logits, images.image_sizes, batched_inputs)
@@ -124,18 +136,32 @@ class BrainSegSemantic(nn.Module):
         images.tensor = images.tensor.contiguous(memory_format=self.memory_format)
         return images
 
+    def inference_net(self) -> nn.Module:
+        """The net an eval forward runs: with ``fuse_for_inference`` and gradients disabled, an
+        eval-only copy of ``net`` with its BatchNorms folded into the convolutions
+        (:func:`~brainseg.modeling.fusion.fold_batchnorm`), folded again whenever a parameter or
+        buffer of ``net`` has changed; otherwise ``net`` itself (so gradients reach its parameters).
+        """
+        if not self.fuse_for_inference or torch.is_grad_enabled():
+            return self.net
+        return self._folded_net.get(self.net)
+
     def run_net(self, images: torch.Tensor) -> torch.Tensor:
-        """Run the net, compiled in eval mode if ``compile_inference`` (eager on failure)."""
-        if self.training or not self.compile_inference:
+        """Run the net; in eval mode :meth:`inference_net`, compiled if ``compile_inference``
+        (eager on failure)."""
+        if self.training:
             return self.net(images)
-        if self._compiled_net is None:
-            self.__dict__["_compiled_net"] = torch.compile(self.net, dynamic=False)
+        net = self.inference_net()
+        if not self.compile_inference:
+            return net(images)
+        if self._compiled_net is None or self._compiled_net[0] is not net:
+            self.__dict__["_compiled_net"] = (net, torch.compile(net, dynamic=False))
         try:
-            return self._compiled_net(images)
+            return self._compiled_net[1](images)
         except Exception as e:  # compilers fail in many ways (no C++ compiler, unsupported op, ...)
             logger.warning(f"torch.compile of {type(self.net).__name__} failed, running eagerly: {e!r}")
             self.compile_inference = False
-            return self.net(images)
+            return net(images)
 
     def postprocess(self, logits: torch.Tensor, image_size: tuple, height: int, width: int) -> Dict:
         """Outputs of one image from its padded (1, Hp, Wp) logits."""

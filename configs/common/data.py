@@ -19,7 +19,11 @@ dataloader = OmegaConf.create()
 # position); tools/train_net.py sets seed from train.seed and start_iter on --resume.
 dataloader.train = L(build_lgg_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="lgg_train", filter_empty=False),
-    mapper=L(LGGDatasetMapper)(is_train=True, augmentations=L(build_lgg_augmentations)()),
+    mapper=L(LGGDatasetMapper)(
+        is_train=True,
+        augmentations=L(build_lgg_augmentations)(),
+        intensity_normalization="${...test.mapper.intensity_normalization}",
+    ),
     total_batch_size=8,
     num_workers=2,
     seed="${...train.seed}",
@@ -28,14 +32,19 @@ dataloader.train = L(build_lgg_train_loader)(
 
 dataloader.val = L(build_lgg_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="lgg_val", filter_empty=False),
-    mapper=L(LGGDatasetMapper)(is_train=False),
+    mapper=L(LGGDatasetMapper)(is_train=False, intensity_normalization="${...test.mapper.intensity_normalization}"),
     batch_size=8,
     num_workers=2,
 )
 
+# Intensities: "volume" (per patient and channel, see brainseg.data.normalization) or "none"
+# (the TIFF slices' uint8 values); set here once, the train and val mappers follow, and
+# tools/predict.py applies the same to TIFF input (NIfTI input is always normalised per volume).
+# "volume" is the default by measurement (BENCHMARKS.md): equal demo Dice over 3 seeds, and the
+# same Dice when a scanner's intensities are scaled (0.6x, 1.5x) where "none" falls to 0.47.
 dataloader.test = L(build_lgg_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="lgg_test", filter_empty=False),
-    mapper=L(LGGDatasetMapper)(is_train=False),
+    mapper=L(LGGDatasetMapper)(is_train=False, intensity_normalization="volume"),
     batch_size=8,
     num_workers=2,
 )

@@ -14,6 +14,9 @@ from .maskdino_R50_lgg import dataloader, lr_multiplier, model, optimizer, train
 
 # Pixel statistics: the real-LGG ones of the R50 config (brainseg.data.statistics), kept on the
 # demo data because the recorded runs used them; the demo's own statistics are untried here.
+# Intensities: the TIFF values as they are, as in the recorded runs (the semantic configs
+# normalise per volume since that was measured on UNeXt; for Mask DINO it is not measured yet).
+dataloader.test.mapper.intensity_normalization = "none"
 
 model.backbone.update(depth=18, width=32)
 model.pixel_decoder.input_shape = {f"res{i}": ShapeSpec(channels=32 * 2 ** (i - 2), stride=2**i) for i in range(2, 6)}

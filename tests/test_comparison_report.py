@@ -53,7 +53,8 @@ def _study() -> ComparisonResults:
     rng = np.random.default_rng(0)
     table = [
         {"model": m, "dice_mean": 0.7 + 0.03 * i + 1e-9 / 3, "dice_sd": 0.1 + 0.01 * i, "dice_median": 0.75 + 0.02 * i,
-         "dice_ci_low": 0.65 + 0.03 * i, "dice_ci_high": 0.78 + 0.03 * i, "hd95_mean": 9.5 - i, "sensitivity": 0.8,
+         "dice_ci_low": 0.65 + 0.03 * i, "dice_ci_high": 0.78 + 0.03 * i,
+         "dice_fold_mean": 0.69 + 0.03 * i, "dice_fold_sd": 0.04, "hd95_mean": 9.5 - i, "sensitivity": 0.8,
          "params": 1_472_000 * (i + 1), "train_minutes": 3.25 * (i + 1), "epochs": 12}
         for i, m in enumerate(MODELS)
     ]
@@ -144,8 +145,9 @@ def test_per_patient_csv_has_a_row_per_patient_and_model(written):
 def test_markdown_tables(written):
     _, paths = written
     text = paths["comparison.md"].read_text(encoding="utf-8")
-    assert "| Model | Dice (mean ± SD) | Dice median | Dice 95 % CI | HD95 mean (px) |" in text
-    assert "| UNet | 0.700 ± 0.100 | 0.750 | [0.650, 0.780] | 9.5 |" in text
+    assert ("| Model | Dice per patient (mean ± SD) | Dice over folds (mean ± SD) | Dice median | Dice 95 % CI "
+            "| HD95 mean (px) |") in text
+    assert "| UNet | 0.700 ± 0.100 | 0.690 ± 0.040 | 0.750 | [0.650, 0.780] | 9.5 |" in text
     assert "| ResUNet | 0.730 ± 0.110 |" in text
     assert "1.47 | 3.2 | 12 |" in text  # params in millions, minutes, an unknown key as it is
     assert "| Model A | Model B | n | Median difference (A − B) | p | p (Holm) |" in text

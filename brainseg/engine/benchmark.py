@@ -1,5 +1,5 @@
-"""Benchmark a brainseg model: training and inference speed, FLOP rate and peak memory, alone or
-side by side with the peer nets a user would pick instead.
+"""Benchmark a brainseg model (training and inference speed, FLOP rate, peak memory), alone or with peers
+(the nets a user would pick instead, timed side by side in one process).
 
 Usage::
 

@@ -82,7 +82,8 @@ class ComparisonResults:
         title: report title.
         models: model names in display order, e.g. ["UNet", "ResUNet", "UNeXt", "Mask DINO"].
         table: one row per model with ``model`` and any metrics; known keys (``dice_mean``,
-            ``dice_sd``, ``dice_median``, ``dice_ci_low``, ``dice_ci_high``, ``hd95_mean``,
+            ``dice_sd``, ``dice_fold_mean``, ``dice_fold_sd``, ``dice_median``, ``dice_ci_low``,
+            ``dice_ci_high``, ``hd95_mean``,
             ``sensitivity``, ``precision``, ``lesion_f1``, ``lesion_dice``, ``segm_ap50``,
             ``params``, ``gflops_per_slice``, ``train_minutes``, ``slices_per_s``) get headers and
             formats, other keys are shown as they are.
@@ -165,12 +166,15 @@ MODEL_COLUMNS: Tuple[Tuple[str, str, Formatter], ...] = (
     ("lesion_f1", "Lesion F1", _number(3)),
     ("lesion_dice", "Lesion Dice", _number(3)),
     ("segm_ap50", "segm AP50 (%)", _number(1)),
+    ("segm_ap50_sd", "segm AP50 SD over folds", _number(1)),
     ("params", "Params (M)", _number(2, 1e-6)),
     ("gflops_per_slice", "GFLOPs / slice", _number(2)),
     ("train_minutes", "Training (min)", _number(1)),
     ("slices_per_s", "Slices / s", _number(1)),
+    ("n_patients", "Patients", _plain),
+    ("runs", "Runs", _plain),
 )
-DICE_KEYS = ("dice_mean", "dice_sd", "dice_median", "dice_ci_low", "dice_ci_high")
+DICE_KEYS = ("dice_mean", "dice_sd", "dice_median", "dice_ci_low", "dice_ci_high", "dice_fold_mean", "dice_fold_sd")
 PAIRWISE_COLUMNS: Tuple[Tuple[str, str, Formatter], ...] = (
     ("model_a", "Model A", str),
     ("model_b", "Model B", str),
@@ -221,10 +225,13 @@ def model_table(results: ComparisonResults) -> Tuple[List[str], List[List[str]]]
     dice = _number(3)
     first: List[Tuple[str, Callable[[Dict[str, Any]], str]]] = [("Model", lambda r: str(r["model"]))]
     if "dice_mean" in present and "dice_sd" in present:
-        first.append(("Dice (mean ± SD)", lambda r: f"{_cell(r, 'dice_mean', dice)} ± {_cell(r, 'dice_sd', dice)}"))
+        first.append(("Dice per patient (mean ± SD)", lambda r: f"{_cell(r, 'dice_mean', dice)} ± {_cell(r, 'dice_sd', dice)}"))
     elif present & {"dice_mean", "dice_sd"}:
         key = "dice_mean" if "dice_mean" in present else "dice_sd"
         first.append((f"Dice {key[5:]}", lambda r: _cell(r, key, dice)))
+    if "dice_fold_mean" in present and "dice_fold_sd" in present:
+        first.append(("Dice over folds (mean ± SD)",
+                      lambda r: f"{_cell(r, 'dice_fold_mean', dice)} ± {_cell(r, 'dice_fold_sd', dice)}"))
     if "dice_median" in present:
         first.append(("Dice median", lambda r: _cell(r, "dice_median", dice)))
     if present & {"dice_ci_low", "dice_ci_high"}:

@@ -7,6 +7,10 @@ run here (no GPU); ``tools/check_cuda_build.py`` checks that they compile.
 import importlib
 import logging
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +49,41 @@ def test_extension_is_built():
     importlib.import_module("brainseg._C")  # `make install` builds it: missing means broken build
     status = extension_status()
     assert status["cpu"] and status["error"] is None
+
+
+def _cpu_flags() -> set:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+_FORWARD_SCRIPT = """
+import sys, torch
+from brainseg.layers import extension_status, ms_deform_attn
+inputs = torch.load(sys.argv[1])
+torch.save({"isa": extension_status()["cpu_isa"], "out": ms_deform_attn(*inputs)}, sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_cpu_forward_isa_follows_aten_capability_and_agrees(tmp_path, capability):
+    """The forward is compiled per instruction set and picked at run time like PyTorch's
+    kernels: ATEN_CPU_CAPABILITY holds it, and every variant computes the same values (to
+    rounding: FMA contracts differently)."""
+    flags = _cpu_flags()
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        inputs = random_inputs(LEVELS, batch=2, queries=40, heads=3, channels=35, points=3, dtype=dtype)
+        torch.save(inputs, tmp_path / "in.pt")
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        subprocess.run([sys.executable, "-c", _FORWARD_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                       env=env, check=True, timeout=120)
+        result = torch.load(tmp_path / "out.pt")
+        has_avx2 = {"avx2", "fma"} <= flags
+        assert result["isa"] == ("avx2" if capability == "avx2" and has_avx2 else "default")
+        torch.testing.assert_close(result["out"], ms_deform_attn(*inputs), rtol=tol, atol=tol)
+    torch_isa = torch.backends.cpu.get_cpu_capability()
+    if torch_isa == "AVX512" and {"avx512f", "avx512vl", "avx2", "fma"} <= flags:
+        assert extension_status()["cpu_isa"] == "avx512"
 
 
 @pytest.mark.parametrize(

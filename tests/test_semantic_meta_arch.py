@@ -3,6 +3,7 @@
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from detectron2.config import LazyCall as L
@@ -162,6 +163,39 @@ def test_instances_threshold_and_empty_map():
     assert len(everything) == 1
     torch.testing.assert_close(everything.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 9.0, 8.0]]))
     torch.testing.assert_close(everything.scores, torch.tensor([0.4]))
+
+
+def test_instances_of_many_components_match_scipy_labels():
+    """Hundreds of components (an untrained net's noise): each instance mask is one component of
+    scipy's 8-connected labelling, in decreasing score order, the scores their mean probability."""
+    from scipy import ndimage
+
+    probs = torch.rand(64, 80, generator=torch.Generator().manual_seed(0))
+    instances = probabilities_to_instances(probs, threshold=0.8)
+    labels, count = ndimage.label((probs > 0.8).numpy(), structure=np.ones((3, 3)))
+    assert count > 100 and len(instances) == count
+    expected = {}
+    for k in range(1, count + 1):
+        region = labels == k
+        expected[np.flatnonzero(region).tobytes()] = float(probs.numpy()[region].mean())
+    got_scores = instances.scores.tolist()
+    for mask, score in zip(instances.pred_masks.numpy(), got_scores):
+        assert expected.pop(np.flatnonzero(mask).tobytes()) == pytest.approx(score, rel=1e-5)
+    assert not expected and got_scores == sorted(got_scores, reverse=True)
+
+
+def test_logits_to_probabilities_same_size_equals_resized_path():
+    """Output size = image size skips the resize; the result equals detectron2's resize path
+    (bilinear at scale 1 is the identity), padding cropped off."""
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    from brainseg.modeling.postprocessing import logits_to_probabilities
+
+    logits = torch.randn(1, 32, 40, generator=torch.Generator().manual_seed(1)) * 4
+    fast = logits_to_probabilities(logits, (30, 37), 30, 37)
+    torch.testing.assert_close(fast, sem_seg_postprocess(logits, (30, 37), 30, 37)[0].sigmoid(), rtol=0, atol=1e-7)
+    assert fast.shape == (30, 37)
+    assert logits_to_probabilities(logits, (30, 37), 60, 74).shape == (60, 74)
 
 
 # ---------------------------------------------------------------- losses

@@ -194,7 +194,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
         "precision": predictors[0].precision.name,
         "grid": {"size": grid.size, "spacing_mm": grid.spacing},
     })
-    what = f"{len(cases)} NIfTI cases" if volumes else f"{len(slices)} slices"
+    what = f"{len(cases)} NIfTI case(s)" if volumes else f"{len(slices)} slices"
     ensemble = f" (mean of {len(models)} checkpoints)" if len(models) > 1 else ""
     logger.info(f"Predicting {what} from {args.input} with {type(model).__name__}{ensemble} on "
                 f"{next(model.parameters()).device} (TTA: {', '.join(predictors[0].tta_names)}; "
@@ -209,7 +209,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             predict_to_folder(predictor, slices, args.output, summary, normalization=normalization, **common)
     done = sum(len(v.slices) for v in summary.patients.values())
-    logger.info(f"Wrote the masks of {done} slices of {len(summary.patients)} patients and the summary to {args.output}")
+    logger.info(f"Wrote the masks of {done} slices of {len(summary.patients)} patient(s) and the summary to {args.output}")
     if summary.failures:
         print(f"{len(summary.failures)} input file(s) failed:", file=sys.stderr)
         for failure in summary.failures:

@@ -50,11 +50,15 @@ def extension_status() -> dict:
     """Describe which compiled kernels are available.
 
     Returns:
-        dict with ``"cpu"`` (bool), ``"cuda"`` (bool: compiled with CUDA) and ``"error"``
-        (the import error message when ``brainseg._C`` could not be imported, else None).
+        dict with ``"cpu"`` (bool), ``"cpu_isa"`` (the instruction set the CPU forward runs:
+        "avx512", "avx2" or "default", chosen at run time like PyTorch's own kernels, so
+        ``ATEN_CPU_CAPABILITY`` holds it too; None without the extension), ``"cuda"`` (bool:
+        compiled with CUDA) and ``"error"`` (the import error message when ``brainseg._C`` could
+        not be imported, else None).
     """
     return {
         "cpu": _C is not None,
+        "cpu_isa": _C.ms_deform_attn_cpu_isa() if _C is not None else None,
         "cuda": _C is not None and bool(_C.ms_deform_attn_has_cuda()),
         "error": _C_IMPORT_ERROR,
     }

@@ -81,6 +81,8 @@ def logits_to_probabilities(logits: torch.Tensor, image_size: tuple, height: int
     Returns:
         (height, width) tumour probabilities.
     """
+    if tuple(image_size) == (height, width):  # no resize: bilinear at scale 1 is the identity
+        return logits[0, :height, :width].sigmoid()
     return sem_seg_postprocess(logits, image_size, height, width)[0].sigmoid()
 
 
@@ -113,8 +115,14 @@ def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = DEFAUL
     left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
     right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
     boxes = torch.from_numpy(np.stack([left, top, right, bottom], axis=1).astype(np.float32))
-    component_ids = torch.arange(1, num_labels, dtype=torch.int32)[order]
-    masks = torch.from_numpy(labels)[None] == component_ids[:, None, None]
+    # masks[k] = pixels of the k-th component in score order, set from the foreground pixels only
+    # (O(H * W), where comparing the label map with every component id costs O(K * H * W))
+    rank = np.empty(num_labels, dtype=np.int64)
+    rank[1 + order.numpy()] = np.arange(num_labels - 1)
+    foreground = np.flatnonzero(labels)
+    masks = torch.zeros((num_labels - 1, height * width), dtype=torch.bool)
+    masks[torch.from_numpy(rank[labels.ravel()[foreground]]), torch.from_numpy(foreground)] = True
+    masks = masks.view(num_labels - 1, height, width)
 
     device = probs.device
     instances = Instances((height, width))

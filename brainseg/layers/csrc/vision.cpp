@@ -1,6 +1,7 @@
 // Python bindings of brainseg._C.
 #include <torch/extension.h>
 
+#include "ms_deform_attn/backends.h"
 #include "ms_deform_attn/ms_deform_attn.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -24,6 +25,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("sampling_locations"),
       py::arg("attention_weights"),
       py::arg("grad_output"));
+  m.def(
+      "ms_deform_attn_cpu_isa",
+      &brainseg::ms_deform_attn_cpu_isa,
+      "Instruction set of the CPU forward kernel: 'avx512', 'avx2' or 'default' (follows ATEN_CPU_CAPABILITY)");
   m.def(
       "ms_deform_attn_has_cuda",
       &brainseg::ms_deform_attn_has_cuda,

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <vector>
 
 namespace brainseg {
@@ -19,6 +20,8 @@ struct MSDeformAttnInputs {
 };
 
 at::Tensor ms_deform_attn_forward_cpu(const MSDeformAttnInputs& in);
+// The instruction set the CPU forward runs: "avx512", "avx2" or "default".
+std::string ms_deform_attn_cpu_isa();
 std::vector<at::Tensor> ms_deform_attn_backward_cpu(
     const MSDeformAttnInputs& in,
     const at::Tensor& grad_output);

@@ -219,3 +219,27 @@ def test_overrides_go_last_and_may_follow_peers_after_a_separator():
     assert args.peers == ["smp_unet", "monai_basicunet"] and args.opts == ["train.seed=1"]
     with pytest.raises(ConfigError, match="--json comes after the key=value overrides"):
         bench.parse_args(["--config-file", "c.py", "train.seed=1", "--json", "out.json"])
+
+
+def test_cli_loads_trained_weights_and_records_them(tmp_path, capsys):
+    """--weights loads a checkpoint strictly before timing; a checkpoint of another net is refused."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+
+    from brainseg.utils.config import load_config
+    from brainseg.utils.errors import CheckpointError
+
+    cfg = load_config("configs/lgg/unext.py", TINY_UNEXT)
+    trained = instantiate(cfg.model)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.fill_(0.01)
+    DetectionCheckpointer(trained, str(tmp_path)).save("tiny")
+    out = run_cli(capsys, "--weights", str(tmp_path / "tiny.pth"), "--json", str(tmp_path / "w.json"))
+    assert f"weights {tmp_path / 'tiny.pth'}" in out
+    assert json.loads((tmp_path / "w.json").read_text())["settings"]["weights"] == str(tmp_path / "tiny.pth")
+    other = instantiate(load_config("configs/lgg/unext.py", ["model.net.conv_channels=[4,8,8]",
+                                                             "model.net.token_channels=[16,24]"]).model)
+    DetectionCheckpointer(other, str(tmp_path)).save("other")
+    with pytest.raises(CheckpointError):
+        run_cli(capsys, "--weights", str(tmp_path / "other.pth"))

@@ -4,7 +4,7 @@
 Usage::
 
     python tools/benchmark.py --config-file configs/lgg/unext.py [--batch 8] [--size 256]
-        [--threads 2] [--repeats 12] [--warmup 3] [--compile] [--json PATH] [key=value ...]
+        [--threads 2] [--repeats 12] [--warmup 3] [--compile] [--weights PTH] [--json PATH] [key=value ...]
     python tools/benchmark.py --config-file configs/lgg/unext.py --peers smp_unet monai_basicunet
         [--reference-unext PATH] [--compile] [--json PATH] [...] [-- key=value ...]
     python tools/benchmark.py ms_deform_attn [args]   # brainseg.layers.benchmark
@@ -27,6 +27,10 @@ Reported per phase: images/s, median ms per batch, median process CPU time per b
 threads; with ``--threads 1`` it measures the work itself even on a busy machine), GFLOP/s
 (matmul/conv FLOPs counted with ``torch.utils.flop_counter`` for one batch, divided by the
 median time) and the peak RSS of the process up to the end of the phase.
+
+``--weights PTH`` loads a trained checkpoint first. Without it the net is untrained, its
+output is noise, and the connected-component instances of inference see hundreds of
+components per image: a slower post-processing than a trained model's.
 
 **With peers** (``--peers`` and/or ``--reference-unext``, see :mod:`brainseg.engine.peers`):
 brainseg's model as configured (one variant, "as configured") and every peer in the variants
@@ -61,6 +65,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from brainseg.data import benchmark as loader_benchmark
+from brainseg.inference.model import StrictCheckpointer
 from brainseg.layers import benchmark as ms_deform_attn_benchmark
 from brainseg.utils.benchmark import benchmark, cpu_model_name
 from brainseg.utils.config import load_config
@@ -390,7 +395,8 @@ def _header(args: argparse.Namespace, machine: Dict, policy: PrecisionPolicy, no
     return (
         f"device {machine['device']} ({machine['cpu']}; {isa}), torch {machine['torch']}, "
         f"{machine['threads']} threads, batch {args.batch} x 3 x {args.size} x {args.size}, "
-        f"precision {policy.describe()}, median of {args.repeats} runs after {args.warmup} warm-up runs; {notes}"
+        f"precision {policy.describe()}, weights {args.weights or 'untrained (random init)'}, "
+        f"median of {args.repeats} runs after {args.warmup} warm-up runs; {notes}"
     )
 
 
@@ -401,7 +407,8 @@ def _write_json(path: str, payload: Dict) -> None:
 
 def _settings(args: argparse.Namespace, policy: PrecisionPolicy) -> Dict:
     return dict(batch=args.batch, size=args.size, repeats=args.repeats, warmup=args.warmup, compile=args.compile,
-                precision=policy.name, precision_detail=policy.describe(), malloc_tuned=args.malloc_tuned)
+                precision=policy.name, precision_detail=policy.describe(), malloc_tuned=args.malloc_tuned,
+                weights=args.weights)
 
 
 def _synchronize(device: torch.device) -> Optional[Callable[[], None]]:
@@ -515,6 +522,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--reference-unext", metavar="PATH",
         help="also time the reference UNeXt from this checkout of jeya-maria-jose/UNeXt-pytorch (its archs.py)",
     )
+    parser.add_argument(
+        "--weights", metavar="PATH",
+        help="load these trained weights first (tools/train_net.py checkpoint): post-processing then sees "
+             "realistic predictions (an untrained net's noise has hundreds of components per image)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows, machine and settings as JSON")
     parser.add_argument(
         "--no-tune-malloc",
@@ -547,6 +559,10 @@ def main(argv: Sequence[str] = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     policy = resolve_train_precision(cfg.get("train", {}), device)
-    model = instantiate(cfg.model).to(device)
+    model = instantiate(cfg.model)
+    if args.weights:
+        StrictCheckpointer(model, allow_unsafe_load=cfg.get("train", {}).get("allow_unsafe_checkpoint", False)).load(
+            args.weights)
+    model.to(device)
     run = run_peer_benchmark if args.peers or args.reference_unext else run_model_benchmark
     return run(args, model, device, policy)

@@ -105,8 +105,9 @@ def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = DEFAUL
         ordered by decreasing score.
     """
     height, width = probs.shape
-    probs_np = probs.detach().float().cpu().numpy()
-    mask = tumour_mask(probs.detach().float().cpu(), threshold).numpy().astype(np.uint8)
+    probs_cpu = probs.detach().float().cpu()
+    probs_np = probs_cpu.numpy()
+    mask = tumour_mask(probs_cpu, threshold).numpy().astype(np.uint8)
     num_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     areas = stats[1:, cv2.CC_STAT_AREA]
     sums = np.bincount(labels.ravel(), weights=probs_np.ravel(), minlength=num_labels)[1:]

@@ -1,17 +1,12 @@
 """ResUNet on the embedded demo dataset, for the CPU comparison study (``make compare``): the
-unext_demo.py data, 128x128 resolution and optimiser, with a slim ResUNet (base width 16,
-0.52 M parameters) and a shorter schedule, since one iteration costs about four of UNeXt's on a
-CPU."""
+unet_demo.py data, 128x128 resolution, optimiser and short schedule, with a slim ResUNet (base
+width 16, 0.52 M parameters)."""
 from detectron2.config import LazyCall as L
 
 from brainseg.modeling import ResUNet
 
-from .unext_demo import dataloader, lr_multiplier, model, optimizer, train
+from .unet_demo import dataloader, lr_multiplier, model, optimizer, train
 
 model.net = L(ResUNet)(in_channels=3, out_channels=1, base_channels=16)
 
 train.output_dir = "./output/demo_resunet"
-train.max_iter = 250
-train.eval_period = 50
-train.checkpointer.period = 50
-train.log_period = 25

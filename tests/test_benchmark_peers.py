@@ -243,3 +243,20 @@ def test_cli_loads_trained_weights_and_records_them(tmp_path, capsys):
     DetectionCheckpointer(other, str(tmp_path)).save("other")
     with pytest.raises(CheckpointError):
         run_cli(capsys, "--weights", str(tmp_path / "other.pth"))
+
+
+def test_training_phase_uses_the_configs_optimizer():
+    from brainseg.utils.config import load_config
+
+    model = tiny_model()
+    optimizer = bench.config_optimizer(load_config("configs/lgg/unext.py", []))(model)
+    # configs/common/optim.py: Adam, lr 1e-4, weight decay 1e-4 (not on norms), fused
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["fused"] is True
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-4}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 1e-4}
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters())
+    # a config without an optimizer (and every peer) trains with PyTorch's default Adam
+    fallback = bench.config_optimizer({"model": None})(model)
+    assert type(fallback) is torch.optim.Adam and not fallback.defaults["fused"]
+    assert bench.default_optimizer(model).defaults["lr"] == 1e-4

@@ -21,7 +21,8 @@ Inputs are dataset-mapper-style dicts (uint8 images, 0/1 ``sem_seg`` with tumour
 * ``inference``: ``model.eval()``, ``torch.no_grad()``, the full ``model(inputs)``
   (normalisation, padding, net, resizing, connected components);
 * ``inference (compiled)`` with ``--compile``: the same with ``model.compile_inference=True``;
-* ``training``: forward, sum of the losses, backward and an Adam step.
+* ``training``: forward, sum of the losses, backward and a step of the config's optimizer
+  (``cfg.optimizer``, as tools/train_net.py builds it).
 
 Reported per phase: images/s, median ms per batch, median process CPU time per batch (all
 threads; with ``--threads 1`` it measures the work itself even on a busy machine), GFLOP/s
@@ -36,7 +37,8 @@ components per image: a slower post-processing than a trained model's.
 brainseg's model as configured (one variant, "as configured") and every peer in the variants
 ``eager``, ``channels_last`` and, with ``--compile``, ``compiled+channels_last``, each in the
 phases ``inference`` (brainseg: the full model as above; a peer: ``no_grad`` net + sigmoid) and
-``training`` (brainseg: as above; a peer: net, BCE-with-logits loss, backward, Adam step), all
+``training`` (brainseg: as above; a peer: net, BCE-with-logits loss, backward, a step of
+``torch.optim.Adam`` with PyTorch's defaults, as the peers' own scripts build it), all
 with the same batch, size, threads and precision. Every (model, variant, phase) is called once
 (compiling, and setting aside what cannot run here), then the warm-up runs, then interleaved
 rounds (A, B, C, A, B, C, ...) so that the drift of a shared machine hits all of them alike;
@@ -102,6 +104,7 @@ _ISA_FLAGS = {
 }
 
 Key = Tuple[str, str, str]  # (model, variant, phase)
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 def make_inputs(batch: int, size: int, *, seed: int = 0) -> List[Dict]:
@@ -145,8 +148,33 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """What a training script builds when nobody tunes it: ``torch.optim.Adam`` (lr 1e-4) with
+    PyTorch's defaults, i.e. one small op per parameter on a CPU. The peers train with it."""
+    return torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def config_optimizer(cfg) -> OptimizerFactory:
+    """The optimizer a config trains with (``cfg.optimizer``, as tools/train_net.py builds it),
+    or :func:`default_optimizer` if the config has none."""
+    if "optimizer" not in cfg:
+        return default_optimizer
+
+    def build(model: nn.Module) -> torch.optim.Optimizer:
+        optimizer_cfg = copy.deepcopy(cfg.optimizer)
+        optimizer_cfg.params.model = model
+        return instantiate(optimizer_cfg)
+
+    return build
+
+
 def build_phases(
-    model: nn.Module, inputs: List[Dict], *, compiled: bool, precision: Optional[PrecisionPolicy] = None
+    model: nn.Module,
+    inputs: List[Dict],
+    *,
+    compiled: bool,
+    precision: Optional[PrecisionPolicy] = None,
+    optimizer: OptimizerFactory = default_optimizer,
 ) -> Dict[str, Callable[[], object]]:
     """The timed units of work of the model alone, by phase name.
 
@@ -155,9 +183,11 @@ def build_phases(
         inputs: mapper-style inputs (see :func:`make_inputs`).
         compiled: add the phase ``inference (compiled)``.
         precision: the forward passes' precision (default fp32).
+        optimizer: builds the training phase's optimizer for the model (e.g.
+            :func:`config_optimizer`).
     """
     policy = precision or resolve_precision("fp32", _device(model))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = optimizer(model)
 
     def inference(compile_inference: bool) -> Callable[[], object]:
         def run():
@@ -245,11 +275,12 @@ def ratios_to_best_peer(rows: Sequence[BenchmarkRow], ours: str) -> Dict[str, Pe
     return ratios
 
 
-def _brainseg_steps(model: nn.Module, inputs: List[Dict], policy: PrecisionPolicy) -> Dict[str, Callable[[], object]]:
+def _brainseg_steps(model: nn.Module, inputs: List[Dict], policy: PrecisionPolicy,
+                    make_optimizer: OptimizerFactory) -> Dict[str, Callable[[], object]]:
     """Inference and training steps of brainseg's model as configured, on two copies of it (so
     that neither phase switches the other's mode, and eval keeps its folded net)."""
     inference_model, training_model = model.eval(), copy.deepcopy(model).train()
-    optimizer = torch.optim.Adam(training_model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(training_model)
 
     def inference():
         with torch.no_grad():
@@ -284,7 +315,7 @@ def _peer_steps(
         return torch.compile(net) if compiled else net
 
     inference_net, training_net = instance(False), instance(True)
-    optimizer = torch.optim.Adam(training_net.parameters(), lr=1e-4)
+    optimizer = default_optimizer(training_net)
 
     def inference():
         with torch.no_grad():
@@ -315,6 +346,7 @@ def compare_with_peers(
     repeats: int,
     compile: bool = False,
     precision: Optional[PrecisionPolicy] = None,
+    optimizer: OptimizerFactory = default_optimizer,
     synchronize: Optional[Callable[[], None]] = None,
 ) -> PeerComparison:
     """Time brainseg's model as configured and the peer nets, interleaved in this process.
@@ -329,6 +361,8 @@ def compare_with_peers(
         warmup, repeats: untimed calls per row after the first one, and interleaved timed rounds.
         compile: add each peer's ``compiled+channels_last`` variant (``torch.compile``).
         precision: the forward passes' precision for every model (default fp32).
+        optimizer: builds brainseg's training optimizer (e.g. :func:`config_optimizer`); the
+            peers train with :func:`default_optimizer`, as their own scripts do.
         synchronize: e.g. ``torch.cuda.synchronize`` for asynchronous devices.
 
     Returns:
@@ -343,7 +377,7 @@ def compare_with_peers(
     ours = f"brainseg {type(getattr(model, 'net', model)).__name__}"
     parameters = {ours: sum(p.numel() for p in model.parameters())}
     steps: Dict[Key, Callable[[], object]] = {}
-    for phase, step in _brainseg_steps(model, inputs, policy).items():
+    for phase, step in _brainseg_steps(model, inputs, policy, optimizer).items():
         step()  # the first call, as for the peers (brainseg's own errors propagate)
         steps[(ours, BRAINSEG_VARIANT, phase)] = step
     variants = {"eager": (False, False), "channels_last": (True, False)}
@@ -423,7 +457,8 @@ def run_model_benchmark(args: argparse.Namespace, model: nn.Module, device: torc
     params = sum(p.numel() for p in model.parameters())
     load_before = os.getloadavg()
     rows = []
-    for name, fn in build_phases(model, inputs, compiled=args.compile, precision=policy).items():
+    for name, fn in build_phases(model, inputs, compiled=args.compile, precision=policy,
+                                 optimizer=args.optimizer).items():
         flops = count_flops(fn)
         timing = benchmark({name: fn}, warmup=args.warmup, repeats=args.repeats, synchronize=synchronize)[name]
         if name == "inference (compiled)" and not model.compile_inference:
@@ -461,7 +496,7 @@ def run_peer_benchmark(args: argparse.Namespace, model: nn.Module, device: torch
     load_before = os.getloadavg()
     result = compare_with_peers(
         model, peers, batch=args.batch, size=args.size, warmup=args.warmup, repeats=args.repeats,
-        compile=args.compile, precision=policy, synchronize=_synchronize(device),
+        compile=args.compile, precision=policy, optimizer=args.optimizer, synchronize=_synchronize(device),
     )
     machine = _machine(device)
     loads = {"before": load_before[0], "after": os.getloadavg()[0]}
@@ -476,7 +511,8 @@ def run_peer_benchmark(args: argparse.Namespace, model: nn.Module, device: torch
         + _header(args, machine, policy, f"interleaved rounds; glibc malloc tuned: {args.malloc_tuned}; "
                   f"load average before {loads['before']:.2f}, after {loads['after']:.2f}")
         + "\nbrainseg inference = the whole model (normalisation, padding, net, resizing, connected components); "
-        "peer inference = net + sigmoid. Training = forward, loss, backward, Adam step.\n"
+        "peer inference = net + sigmoid. Training = forward, loss, backward, optimizer step (brainseg: its config's "
+        "optimizer; peers: torch.optim.Adam with PyTorch's defaults).\n"
     )
     print("| model | variant | phase | M params | images/s | ms/batch | CPU ms/batch |")
     print("|---|---|---|---:|---:|---:|---:|")
@@ -559,6 +595,7 @@ def main(argv: Sequence[str] = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     policy = resolve_train_precision(cfg.get("train", {}), device)
+    args.optimizer = config_optimizer(cfg)
     model = instantiate(cfg.model)
     if args.weights:
         StrictCheckpointer(model, allow_unsafe_load=cfg.get("train", {}).get("allow_unsafe_checkpoint", False)).load(

@@ -118,13 +118,18 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
 
-        ref = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 2|4)
         if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: normalise by (W, H).
-            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
-            locations = ref + offsets / normalizer[None, None, None, :, None, :]
+            # offsets are in pixels of each level: normalise by (W, H). Laid out as (L * P * 2)
+            # contiguous values per query and head, so that both broadcasts run over long rows
+            # (a (..., L, 1, 2) broadcast has an inner loop of 2 elements: 5x slower on CPU).
+            levels_points = (self.n_levels, self.n_points, 2)
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)[:, None, :].expand(levels_points)
+            ref = reference_points[:, :, :, None, :].expand(n, lq, *levels_points).reshape(n, lq, 1, -1)
+            flat_offsets = offsets.reshape(n, lq, self.n_heads, -1) / normalizer.reshape(-1)
+            locations = (ref + flat_offsets).view(n, lq, self.n_heads, *levels_points)
         elif reference_points.shape[-1] == 4:
-            locations = ref[..., :2] + offsets / self.n_points * ref[..., 2:] * 0.5
+            ref = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 4)
+            locations = torch.addcmul(ref[..., :2], offsets, ref[..., 2:] * (0.5 / self.n_points))
         else:
             raise ValueError(
                 "MSDeformAttn: last dim of reference_points must be 2 (points) or 4 (boxes), "

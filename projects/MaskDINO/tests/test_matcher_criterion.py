@@ -4,7 +4,10 @@ import math
 
 import torch
 
-from maskdino.criterion import SetCriterion
+from detectron2.projects.point_rend.point_features import point_sample
+
+from maskdino import criterion as criterion_module
+from maskdino.criterion import SetCriterion, sample_masks_at_points, uncertain_points
 from maskdino.matcher import HungarianMatcher, pairwise_mask_costs
 
 from maskdino_testing import blob_masks
@@ -158,3 +161,58 @@ def test_criterion_zero_denoising_losses_when_batch_has_no_denoising_queries():
     dn = {k: v for k, v in losses.items() if "_dn" in k}
     assert len(dn) == 5 * 3 and all(v == 0 for v in dn.values())
     assert {k.replace("_dn", "") for k in dn} == {k for k in losses if "_dn" not in k}
+
+
+def test_sample_masks_at_points_equals_point_sample_of_the_indexed_masks():
+    torch.manual_seed(0)
+    masks = torch.rand(3, 20, 28)
+    rows = torch.tensor([2, 0, 0, 1, 2])
+    points = torch.rand(5, 300, 2) * 1.2 - 0.1  # some points outside the image: zero padding
+    expected = point_sample(masks[rows][:, None], points, align_corners=False)[:, 0]
+    assert torch.allclose(sample_masks_at_points(masks, rows, points), expected, atol=1e-6)
+
+
+def test_uncertain_points_keep_the_most_uncertain_candidates():
+    torch.manual_seed(0)
+    # logit 20 * (x - 0.5): uncertainty is highest on the vertical line x = 0.5
+    x = (torch.arange(64) + 0.5) / 64
+    logits = (20 * (x - 0.5)).expand(2, 64, 64)
+    points = uncertain_points(logits, 400, oversample_ratio=3.0, importance_sample_ratio=0.75)
+    assert points.shape == (2, 400, 2) and points.min() >= 0 and points.max() <= 1
+    chosen, random = points[:, :300], points[:, 300:]
+    # the 300 most uncertain of 1200 uniform candidates: |x - 0.5| < 1/8 (up to the few
+    # candidates within half a pixel of the border, where zero padding pulls logits to 0)
+    near = ((chosen[..., 0] - 0.5).abs() < 0.13).float().mean()
+    assert near > 0.95
+    assert ((random[..., 0] - 0.5).abs() < 0.13).float().mean() < 0.5
+
+
+def test_criterion_mask_losses_of_all_sets_at_once_equal_one_set_at_a_time(monkeypatch):
+    # fixed points (a grid, the same for every mask) take the randomness out
+    grid = torch.stack(torch.meshgrid(torch.linspace(0.01, 0.99, 16), torch.linspace(0.01, 0.99, 16), indexing="xy"), -1)
+    monkeypatch.setattr(
+        criterion_module, "uncertain_points", lambda logits, num_points, *_: grid.reshape(1, -1, 2).expand(len(logits), -1, -1)
+    )
+    torch.manual_seed(0)
+    size = 32
+    targets = [
+        {"labels": torch.zeros(2, dtype=torch.long), "boxes": torch.rand(2, 4),
+         "masks": blob_masks([(2, 12, 2, 12), (16, 30, 18, 28)], size)},
+        {"labels": torch.zeros(1, dtype=torch.long), "boxes": torch.rand(1, 4), "masks": blob_masks([(4, 20, 8, 24)], size)},
+    ]
+    sets = [
+        criterion_module._MatchedSet(_outputs(2, 4, size), [(torch.tensor([0, 3]), torch.tensor([1, 0])),
+                                                            (torch.tensor([2]), torch.tensor([0]))], 1.5, ""),
+        criterion_module._MatchedSet(_outputs(2, 4, size), [(torch.tensor([1]), torch.tensor([0])),
+                                                            (torch.tensor([0, 1]), torch.tensor([0, 0]))], 3.0, "_dn"),
+        criterion_module._MatchedSet(_outputs(2, 4, size), [(torch.zeros(0, dtype=torch.long),) * 2] * 2, 1.5, "_1"),
+    ]
+    crit = _criterion()
+    together = crit._mask_losses(sets, targets)
+    for matched, losses in zip(sets, together):
+        alone = crit.loss_masks(matched.outputs, targets, matched.indices, matched.num_masks)
+        for name in ("loss_mask", "loss_dice"):
+            assert torch.allclose(losses[name], alone[name], atol=1e-6), (matched.suffix, name)
+    assert together[2]["loss_mask"] == 0 and together[0]["loss_dice"] > 0
+    sum(v for losses in together for v in losses.values()).backward()
+    assert sets[0].outputs["pred_masks"].grad.abs().sum() > 0

@@ -148,7 +148,7 @@ class SetCriterion(nn.Module):
         if len(src) == 0:
             zero = sum(m.outputs["pred_masks"].sum() for m in sets) * 0.0
             return [{"loss_mask": zero, "loss_dice": zero} for _ in sets]
-        target_masks = torch.cat([t["masks"] for t in targets]).float()  # (T, H, W); no copy if float
+        target_masks = torch.cat([t["masks"] for t in targets]).float()  # (T, H, W): one copy per step
         with torch.no_grad():
             points = uncertain_points(src, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
             labels = sample_masks_at_points(target_masks, torch.cat(target_rows).to(src.device), points)

@@ -57,30 +57,43 @@ def _cpu_flags() -> set:
     return set(line.split(":", 1)[-1].split())
 
 
-_FORWARD_SCRIPT = """
+_KERNEL_SCRIPT = """
 import sys, torch
-from brainseg.layers import extension_status, ms_deform_attn
+from brainseg.layers import extension_status
+sys.path.insert(0, sys.argv[3])
+from test_ms_deform_attn import forward_and_grads
 inputs = torch.load(sys.argv[1])
-torch.save({"isa": extension_status()["cpu_isa"], "out": ms_deform_attn(*inputs)}, sys.argv[2])
+torch.save({"isa": extension_status()["cpu_isa"], "results": forward_and_grads(inputs)}, sys.argv[2])
 """
 
 
+def forward_and_grads(inputs):
+    """The C++ kernel's output and the gradients of value, locations and weights for a fixed
+    upstream gradient."""
+    value, shapes, starts, loc, weights = (t.clone().requires_grad_(t.is_floating_point()) for t in inputs)
+    out = ms_deform_attn(value, shapes, starts, loc, weights)
+    upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    grads = torch.autograd.grad(out, (value, loc, weights), upstream)
+    return (out.detach(), *grads)
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2"])
-def test_cpu_forward_isa_follows_aten_capability_and_agrees(tmp_path, capability):
-    """The forward is compiled per instruction set and picked at run time like PyTorch's
-    kernels: ATEN_CPU_CAPABILITY holds it, and every variant computes the same values (to
-    rounding: FMA contracts differently)."""
+def test_cpu_kernel_isa_follows_aten_capability_and_agrees(tmp_path, capability):
+    """Forward and backward are compiled per instruction set and picked at run time like
+    PyTorch's kernels: ATEN_CPU_CAPABILITY holds them, and every variant computes the same
+    values and gradients (to rounding: FMA contracts differently)."""
     flags = _cpu_flags()
     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
         inputs = random_inputs(LEVELS, batch=2, queries=40, heads=3, channels=35, points=3, dtype=dtype)
         torch.save(inputs, tmp_path / "in.pt")
         env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
-        subprocess.run([sys.executable, "-c", _FORWARD_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                       env=env, check=True, timeout=120)
+        subprocess.run([sys.executable, "-c", _KERNEL_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
+                        str(Path(__file__).parent)], env=env, check=True, timeout=120)
         result = torch.load(tmp_path / "out.pt")
         has_avx2 = {"avx2", "fma"} <= flags
         assert result["isa"] == ("avx2" if capability == "avx2" and has_avx2 else "default")
-        torch.testing.assert_close(result["out"], ms_deform_attn(*inputs), rtol=tol, atol=tol)
+        for theirs, ours in zip(result["results"], forward_and_grads(inputs)):
+            torch.testing.assert_close(theirs, ours, rtol=tol, atol=tol)
     torch_isa = torch.backends.cpu.get_cpu_capability()
     if torch_isa == "AVX512" and {"avx512f", "avx512vl", "avx2", "fma"} <= flags:
         assert extension_status()["cpu_isa"] == "avx512"

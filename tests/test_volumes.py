@@ -2,6 +2,7 @@
 affine and int16 intensities; outputs on the input's grid, per-volume normalisation invariant to
 gain and offset, the NIfTI path agreeing with the TIFF path, bad input, BraTS-layout datasets."""
 import json
+import os
 import re
 
 import nibabel as nib
@@ -324,3 +325,60 @@ def test_lgg_tree_to_nifti_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.truth, np.stack([masks[p] for p in paths]).astype(bool))
     assert loaded.spacing == pytest.approx((5.0, 0.9, 0.9))
     assert nib.aff2axcodes(loaded.reference.affine) == ("L", "P", "S")
+
+
+def test_slice_cache_gives_the_files_slices_and_is_ignored_once_they_change(demo_patient, tmp_path, monkeypatch, caplog):
+    """Indexing writes each case's slices to <case>/brainseg_slices.npz; read_volume_slice then
+    returns exactly the slices of the NIfTI files without opening them, and reads the files
+    again when they changed or when no cache could be written."""
+    images, truth = demo_patient
+    raw = images.astype(np.int16)
+    write_case(tmp_path / "ints", raw, truth, names=brats_names(BRATS21, "ints"))
+    fractional = raw.astype(np.float32) * 1.37 + 0.25  # not integers: cached as float32
+    write_case(tmp_path / "floats", fractional, truth, names=brats_names(BRATS21, "floats"), dtype=np.float32)
+    entries = volume_dataset.index_volume_dataset(tmp_path)
+    real_load = nib.load
+    for entry in entries:
+        files = [tmp_path / f for f in entry["files"]]
+        with np.load(files[0].parent / volume_dataset.SLICE_CACHE_FILE) as cache:  # int16 where exact
+            assert cache["0"].dtype == (np.int16 if entry["case_id"] == "ints" else np.float32)
+        expected = load_case(find_case(files[0].parent)).image
+        with monkeypatch.context() as m:
+            m.setattr(nib, "load", lambda *a, **k: pytest.fail("read a NIfTI file despite a valid cache"))
+            for k in range(len(expected)):
+                cached = volume_dataset.read_volume_slice(files, k)
+                assert cached.dtype == np.float32
+                np.testing.assert_array_equal(cached, expected[k])
+    np.testing.assert_allclose(load_case(find_case(tmp_path / "floats")).image[..., 1], fractional[..., 1], rtol=1e-6)
+
+    # a changed file (new modification time) invalidates its case's cache: the files are read
+    files = [tmp_path / f for f in entries[0]["files"]]
+    stat = files[1].stat()
+    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    opened = []
+    monkeypatch.setattr(nib, "load", lambda *a, **k: opened.append(a[0]) or real_load(*a, **k))
+    np.testing.assert_array_equal(volume_dataset.read_volume_slice(files, 2), load_case(find_case(files[0].parent)).image[2])
+    assert len(opened) >= len(files)
+
+    # deleted caches are rewritten by re-indexing; one that cannot be written is a warning per
+    # case, the index is still built (and not retried while the files stay unchanged), and the
+    # slices come from the files
+    monkeypatch.setattr(nib, "load", real_load)
+    for entry in entries:
+        (tmp_path / entry["files"][0]).parent.joinpath(volume_dataset.SLICE_CACHE_FILE).unlink()
+    real_atomic_write = volume_dataset.atomic_write
+
+    def refuse_caches(path, data):
+        if str(path).endswith(volume_dataset.SLICE_CACHE_FILE):
+            raise PermissionError("read-only")
+        real_atomic_write(path, data)
+
+    monkeypatch.setattr(volume_dataset, "atomic_write", refuse_caches)
+    with caplog.at_level("WARNING", logger=volume_dataset.__name__):
+        entries = volume_dataset.index_volume_dataset(tmp_path)
+    assert sum("cannot write the slice cache" in r.getMessage() for r in caplog.records) == 2
+    assert not any(entry["slice_cache"] for entry in entries)
+    monkeypatch.setattr(volume_dataset, "_index_case", lambda *a: pytest.fail("re-indexed an unchanged case"))
+    assert len(volume_dataset.index_volume_dataset(tmp_path)) == 2
+    files = [tmp_path / f for f in entries[1]["files"]]
+    np.testing.assert_array_equal(volume_dataset.read_volume_slice(files, 4), load_case(find_case(files[0].parent)).image[4])

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python tools/benchmark.py loader --config-file configs/lgg/unext_demo.py [--split val] [--repeats 5]
+    python tools/benchmark.py loader --config-file configs/lgg/unext_demo.py [--split val] [--repeats 5] [key=value ...]
 
 Times, with the split's records and the training mapper (rotation augmentation):
 
@@ -55,8 +55,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", default="val")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides, e.g. dataloader.val.dataset.names=brats_val")
     args = parser.parse_args(argv)
-    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     records = instantiate(cfg.dataloader[args.split].dataset)
     mapper = LGGDatasetMapper(is_train=True, augmentations=build_lgg_augmentations())
     dataset = MapDataset(DatasetFromList(records, copy=False), mapper)

@@ -111,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"CPU: {cpu_model_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"N={args.batch}, Lq={args.queries}, {args.heads} heads x {args.channels} ch, {args.points} points, "
         f"float32, median of {args.repeats} interleaved repetitions after {args.warmup} warm-up runs; "
-        f"ours: {status['cpu_isa']} forward kernel"
+        f"ours: {status['cpu_isa']} kernels"
     )
     for case, levels in CASES.items():
         inputs = make_inputs(

@@ -50,7 +50,7 @@ def extension_status() -> dict:
     """Describe which compiled kernels are available.
 
     Returns:
-        dict with ``"cpu"`` (bool), ``"cpu_isa"`` (the instruction set the CPU forward runs:
+        dict with ``"cpu"`` (bool), ``"cpu_isa"`` (the instruction set the CPU kernels run:
         "avx512", "avx2" or "default", chosen at run time like PyTorch's own kernels, so
         ``ATEN_CPU_CAPABILITY`` holds it too; None without the extension), ``"cuda"`` (bool:
         compiled with CUDA) and ``"error"`` (the import error message when ``brainseg._C`` could

@@ -28,7 +28,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "ms_deform_attn_cpu_isa",
       &brainseg::ms_deform_attn_cpu_isa,
-      "Instruction set of the CPU forward kernel: 'avx512', 'avx2' or 'default' (follows ATEN_CPU_CAPABILITY)");
+      "Instruction set of the CPU kernels (forward and backward): 'avx512', 'avx2' or 'default' (follows ATEN_CPU_CAPABILITY)");
   m.def(
       "ms_deform_attn_has_cuda",
       &brainseg::ms_deform_attn_has_cuda,

@@ -2,8 +2,11 @@
 
 from typing import Sequence
 
+import torch.nn.functional as F
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+from brainseg.layers import max_pool2d
 
 __all__ = ["build_resnet"]
 
@@ -13,6 +16,15 @@ _BLOCKS_PER_STAGE = {
     50: (3, 4, 6, 3),
     101: (3, 4, 23, 3),
 }
+
+
+class _Stem(BasicStem):
+    """detectron2's stem (7x7/2 conv, norm, ReLU, 3x3/2 max pool) with the pooling on
+    :func:`brainseg.layers.max_pool2d` (same values; the NCHW CPU pooling was ~2 % of a CPU
+    training step of the small Mask DINO)."""
+
+    def forward(self, x):
+        return max_pool2d(F.relu_(self.conv1(x)), kernel_size=3, stride=2, padding=1)
 
 
 def build_resnet(
@@ -43,7 +55,7 @@ def build_resnet(
     """
     if depth not in _BLOCKS_PER_STAGE:
         raise ValueError(f"build_resnet: depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
-    stem = BasicStem(in_channels=in_channels, out_channels=width, norm=norm)
+    stem = _Stem(in_channels=in_channels, out_channels=width, norm=norm)
     bottleneck = depth >= 50
     expansion = 4 if bottleneck else 1
     stages = []

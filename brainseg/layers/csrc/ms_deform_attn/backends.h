@@ -20,7 +20,7 @@ struct MSDeformAttnInputs {
 };
 
 at::Tensor ms_deform_attn_forward_cpu(const MSDeformAttnInputs& in);
-// The instruction set the CPU forward runs: "avx512", "avx2" or "default".
+// The instruction set the CPU kernels (forward and backward) run: "avx512", "avx2" or "default".
 std::string ms_deform_attn_cpu_isa();
 std::vector<at::Tensor> ms_deform_attn_backward_cpu(
     const MSDeformAttnInputs& in,

@@ -10,10 +10,8 @@
 // touched by that task only, so no atomics are needed and the result is
 // deterministic; grad_locations / grad_weights of a sample belong to one task too.
 //
-// The forward is compute-bound in its channel loop, so on x86-64 it is compiled three times
-// (baseline SSE2, AVX2 + FMA, AVX-512) and the variant is chosen at run time, following
-// PyTorch's own choice (ATEN_CPU_CAPABILITY). The backward is bound by gathers and the
-// read-modify-write of grad_value rows; wider vectors measured no gain there.
+// Both passes are compiled three times on x86-64 (baseline SSE2, AVX2 + FMA, AVX-512) and the
+// variant is chosen at run time, following PyTorch's own choice (ATEN_CPU_CAPABILITY).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -32,7 +30,7 @@
 #define BRAINSEG_ALWAYS_INLINE inline
 #endif
 
-// Runtime instruction-set dispatch of the forward: GCC/Clang on x86-64 only.
+// Runtime instruction-set dispatch of the kernels: GCC/Clang on x86-64 only.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
 #define BRAINSEG_X86_DISPATCH 1
 #else
@@ -44,10 +42,10 @@ namespace {
 
 enum class CpuIsa { kDefault, kAvx2, kAvx512 };
 
-// The widest instruction set the forward may use: the one PyTorch's own CPU kernels run
+// The widest instruction set the kernels may use: the one PyTorch's own CPU kernels run
 // (at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY=default|avx2|avx512), provided
 // the CPU has the extra features the variant is compiled with (FMA, AVX-512 VL). Decided once.
-CpuIsa forward_isa() {
+CpuIsa kernel_isa() {
   static const CpuIsa isa = [] {
 #if BRAINSEG_X86_DISPATCH
     __builtin_cpu_init();
@@ -93,7 +91,7 @@ BRAINSEG_ALWAYS_INLINE void accumulate_corners(
 
 // t[k] = <grad, v_k> and g_k[d] += coef[k] * grad[d], in one pass over the channels.
 template <typename scalar_t>
-inline void backward_corners(
+BRAINSEG_ALWAYS_INLINE void backward_corners(
     const scalar_t* __restrict__ grad,
     const scalar_t* __restrict__ v0,
     const scalar_t* __restrict__ v1,
@@ -170,49 +168,113 @@ BRAINSEG_ALWAYS_INLINE void forward_tasks(
   }
 }
 
+// The backward tasks [begin, end) over (image, head) pairs; inlined into one function per
+// instruction set like the forward.
 template <typename scalar_t>
-using ForwardTasks = void (*)(const ForwardArgs<scalar_t>&, scalar_t*, int64_t, int64_t);
-
-template <typename scalar_t>
-void forward_tasks_default(const ForwardArgs<scalar_t>& args, scalar_t* output, int64_t begin, int64_t end) {
-  forward_tasks(args, output, begin, end);
+BRAINSEG_ALWAYS_INLINE void backward_tasks(
+    const ForwardArgs<scalar_t>& args,
+    const BackwardArgs<scalar_t>& grads,
+    int64_t begin,
+    int64_t end) {
+  const msda::Sizes& s = args.s;
+  const int64_t samples_per_task = s.num_levels * s.num_points;
+  const int64_t row_stride = s.num_heads * s.channels;
+  const std::vector<scalar_t> zeros(s.channels, scalar_t(0));
+  // Write-only sink rows for the grad_value of corners outside the map.
+  std::vector<scalar_t> sink(4 * s.channels);
+  BilinearCorners<scalar_t> c;
+  scalar_t t[4];
+  for (int64_t pair = begin; pair < end; ++pair) {
+    const int64_t n = pair / s.num_heads;
+    const int64_t head = pair % s.num_heads;
+    for (int64_t q = 0; q < s.num_query; ++q) {
+      const int64_t task = (n * s.num_query + q) * s.num_heads + head;
+      const scalar_t* grad = grads.grad_output + task * s.channels;
+      const scalar_t* loc = args.sampling_locations + task * samples_per_task * 2;
+      const scalar_t* weight = args.attention_weights + task * samples_per_task;
+      scalar_t* grad_loc = grads.grad_locations + task * samples_per_task * 2;
+      scalar_t* grad_weight = grads.grad_weights + task * samples_per_task;
+      for (int64_t level = 0; level < s.num_levels; ++level) {
+        const int64_t height = args.spatial_shapes[2 * level];
+        const int64_t width = args.spatial_shapes[2 * level + 1];
+        const int64_t offset =
+            (n * s.num_value + args.level_start_index[level]) * row_stride + head * s.channels;
+        const scalar_t* level_value = args.value + offset;
+        scalar_t* level_grad_value = grads.grad_value + offset;
+        for (int64_t p = 0; p < s.num_points; ++p, loc += 2, ++weight, grad_loc += 2, ++grad_weight) {
+          if (!bilinear_corners(loc[0], loc[1], height, width, c)) {
+            continue;  // outputs are zero-initialised
+          }
+          const scalar_t* v[4];
+          scalar_t* g[4];
+          for (int k = 0; k < 4; ++k) {
+            const bool inside = c.index[k] >= 0;
+            v[k] = inside ? level_value + c.index[k] * row_stride : zeros.data();
+            g[k] = inside ? level_grad_value + c.index[k] * row_stride : sink.data() + k * s.channels;
+          }
+          const scalar_t a = *weight;
+          backward_corners(
+              grad, v[0], v[1], v[2], v[3], g[0], g[1], g[2], g[3], a * c.weight[0], a * c.weight[1],
+              a * c.weight[2], a * c.weight[3], s.channels, t);
+          *grad_weight = c.weight[0] * t[0] + c.weight[1] * t[1] + c.weight[2] * t[2] + c.weight[3] * t[3];
+          scalar_t grad_x, grad_y;
+          bilinear_coordinate_grad(c, t, grad_x, grad_y);
+          grad_loc[0] = a * static_cast<scalar_t>(width) * grad_x;
+          grad_loc[1] = a * static_cast<scalar_t>(height) * grad_y;
+        }
+      }
+    }
+  }
 }
 
 #if BRAINSEG_X86_DISPATCH
-// The same code compiled for AVX2 + FMA and for AVX-512; chosen at run time by forward_isa().
-template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void forward_tasks_avx2(
-    const ForwardArgs<scalar_t>& args,
-    scalar_t* output,
-    int64_t begin,
-    int64_t end) {
-  forward_tasks(args, output, begin, end);
+// Tasks::run(args...) compiled for AVX2 / AVX-512. Tasks::run is always inlined, so its channel
+// loops are vectorised for the target of the wrapper that calls it.
+template <typename Tasks, typename... Args>
+__attribute__((target("avx2,fma"))) void run_avx2(Args... args) {
+  Tasks::run(args...);
 }
 
-template <typename scalar_t>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void forward_tasks_avx512(
-    const ForwardArgs<scalar_t>& args,
-    scalar_t* output,
-    int64_t begin,
-    int64_t end) {
-  forward_tasks(args, output, begin, end);
+template <typename Tasks, typename... Args>
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void run_avx512(Args... args) {
+  Tasks::run(args...);
 }
 #endif
 
-template <typename scalar_t>
-ForwardTasks<scalar_t> forward_tasks_for(CpuIsa isa) {
+// Tasks::run(args...) on the variant of the instruction set chosen by kernel_isa() (the
+// baseline build when none applies).
+template <typename Tasks, typename... Args>
+void run_for_isa(Args... args) {
 #if BRAINSEG_X86_DISPATCH
-  switch (isa) {
+  switch (kernel_isa()) {
     case CpuIsa::kAvx512:
-      return &forward_tasks_avx512<scalar_t>;
+      return run_avx512<Tasks>(args...);
     case CpuIsa::kAvx2:
-      return &forward_tasks_avx2<scalar_t>;
+      return run_avx2<Tasks>(args...);
     default:
       break;
   }
 #endif
-  return &forward_tasks_default<scalar_t>;
+  Tasks::run(args...);
 }
+
+template <typename scalar_t>
+struct ForwardTasks {
+  static BRAINSEG_ALWAYS_INLINE void run(const ForwardArgs<scalar_t>* args, scalar_t* output, int64_t begin, int64_t end) {
+    forward_tasks(*args, output, begin, end);
+  }
+};
+
+template <typename scalar_t>
+struct BackwardTasks {
+  static BRAINSEG_ALWAYS_INLINE void run(
+      const ForwardArgs<scalar_t>* args,
+      const BackwardArgs<scalar_t>* grads,
+      int64_t begin,
+      int64_t end) {
+    backward_tasks(*args, *grads, begin, end);
+  }
+};
 
 template <typename scalar_t>
 void forward_kernel(const ForwardArgs<scalar_t>& args, scalar_t* output) {
@@ -220,71 +282,22 @@ void forward_kernel(const ForwardArgs<scalar_t>& args, scalar_t* output) {
   const int64_t samples_per_task = s.num_levels * s.num_points;
   // Aim for tasks of ~16k multiply-adds so scheduling overhead stays negligible.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, samples_per_task * s.channels));
-  const ForwardTasks<scalar_t> run = forward_tasks_for<scalar_t>(forward_isa());
   at::parallel_for(0, s.batch * s.num_query * s.num_heads, grain, [&](int64_t begin, int64_t end) {
-    run(args, output, begin, end);
+    run_for_isa<ForwardTasks<scalar_t>>(&args, output, begin, end);
   });
 }
 
 template <typename scalar_t>
 void backward_kernel(const ForwardArgs<scalar_t>& args, const BackwardArgs<scalar_t>& grads) {
-  const msda::Sizes& s = args.s;
-  const int64_t samples_per_task = s.num_levels * s.num_points;
-  const int64_t row_stride = s.num_heads * s.channels;
-  at::parallel_for(0, s.batch * s.num_heads, 1, [&](int64_t begin, int64_t end) {
-    const std::vector<scalar_t> zeros(s.channels, scalar_t(0));
-    // Write-only sink rows for the grad_value of corners outside the map.
-    std::vector<scalar_t> sink(4 * s.channels);
-    BilinearCorners<scalar_t> c;
-    scalar_t t[4];
-    for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t n = pair / s.num_heads;
-      const int64_t head = pair % s.num_heads;
-      for (int64_t q = 0; q < s.num_query; ++q) {
-        const int64_t task = (n * s.num_query + q) * s.num_heads + head;
-        const scalar_t* grad = grads.grad_output + task * s.channels;
-        const scalar_t* loc = args.sampling_locations + task * samples_per_task * 2;
-        const scalar_t* weight = args.attention_weights + task * samples_per_task;
-        scalar_t* grad_loc = grads.grad_locations + task * samples_per_task * 2;
-        scalar_t* grad_weight = grads.grad_weights + task * samples_per_task;
-        for (int64_t level = 0; level < s.num_levels; ++level) {
-          const int64_t height = args.spatial_shapes[2 * level];
-          const int64_t width = args.spatial_shapes[2 * level + 1];
-          const int64_t offset =
-              (n * s.num_value + args.level_start_index[level]) * row_stride + head * s.channels;
-          const scalar_t* level_value = args.value + offset;
-          scalar_t* level_grad_value = grads.grad_value + offset;
-          for (int64_t p = 0; p < s.num_points; ++p, loc += 2, ++weight, grad_loc += 2, ++grad_weight) {
-            if (!bilinear_corners(loc[0], loc[1], height, width, c)) {
-              continue;  // outputs are zero-initialised
-            }
-            const scalar_t* v[4];
-            scalar_t* g[4];
-            for (int k = 0; k < 4; ++k) {
-              const bool inside = c.index[k] >= 0;
-              v[k] = inside ? level_value + c.index[k] * row_stride : zeros.data();
-              g[k] = inside ? level_grad_value + c.index[k] * row_stride : sink.data() + k * s.channels;
-            }
-            const scalar_t a = *weight;
-            backward_corners(
-                grad, v[0], v[1], v[2], v[3], g[0], g[1], g[2], g[3], a * c.weight[0], a * c.weight[1],
-                a * c.weight[2], a * c.weight[3], s.channels, t);
-            *grad_weight = c.weight[0] * t[0] + c.weight[1] * t[1] + c.weight[2] * t[2] + c.weight[3] * t[3];
-            scalar_t grad_x, grad_y;
-            bilinear_coordinate_grad(c, t, grad_x, grad_y);
-            grad_loc[0] = a * static_cast<scalar_t>(width) * grad_x;
-            grad_loc[1] = a * static_cast<scalar_t>(height) * grad_y;
-          }
-        }
-      }
-    }
+  at::parallel_for(0, args.s.batch * args.s.num_heads, 1, [&](int64_t begin, int64_t end) {
+    run_for_isa<BackwardTasks<scalar_t>>(&args, &grads, begin, end);
   });
 }
 
 }  // namespace
 
 std::string ms_deform_attn_cpu_isa() {
-  switch (forward_isa()) {
+  switch (kernel_isa()) {
     case CpuIsa::kAvx512:
       return "avx512";
     case CpuIsa::kAvx2:

@@ -45,6 +45,11 @@ LGG = {
     "dice_global": 0.79,
     "iou_global": 0.65,
     "hd95": 7.5,
+    "assd": 1.25,
+    "nsd_1mm": 0.875,
+    "lesion_f1_mean": 0.5,
+    "lesion_dice_mean": 0.625,
+    "dice_volume_mean_lcc": 0.8375,
     "seed_dice": 0.83,
     "seed_iou": 0.71,
 }
@@ -68,7 +73,8 @@ def runs(tmp_path):
         tmp_path,
         "lgg_unet",
         net="UNet",
-        results={"lgg": dict(LGG, dice_volume_mean=0.6, hd95=float("nan"))},
+        results={"lgg": {k: v for k, v in dict(LGG, dice_volume_mean=0.6, hd95=float("nan")).items()
+                         if not k.endswith("_lcc")}},
         lines=[json.dumps({"iteration": 9, "total_loss": 1.2}), json.dumps({"iteration": 9, "lgg/dice_global": 0.3})],
     )
     return unext, unet
@@ -87,6 +93,13 @@ def test_report_table_and_curves(runs, tmp_path, capsys):
     assert float(rows[0]["dice_volume_mean"]) == 0.8125 and float(rows[0]["segm/AP50"]) == 70.25
     assert float(rows[0]["bbox/AP"]) == 38.0 and float(rows[0]["seed_iou"]) == 0.71
     assert rows[1]["segm/AP"] == "" and math.isnan(float(rows[1]["hd95"]))
+    # the reviewer metrics: surface distance, NSD at its tolerance, lesion-wise, largest component
+    assert list(rows[0])[3:13] == ["dice_volume_mean", "dice_volume_median", "dice_global", "iou_global", "hd95",
+                                   "assd", "nsd_1mm", "lesion_f1_mean", "lesion_dice_mean", "seed_dice"]
+    assert list(rows[0])[14] == "dice_volume_mean_lcc" and list(rows[0])[15] == "segm/AP"
+    assert (float(rows[0]["assd"]), float(rows[0]["nsd_1mm"]), float(rows[0]["lesion_dice_mean"]),
+            float(rows[0]["dice_volume_mean_lcc"])) == (1.25, 0.875, 0.625, 0.8375)
+    assert rows[1]["dice_volume_mean_lcc"] == ""  # absent in that run
     markdown = (out / "results.md").read_text()
     assert "| lgg_unext | UNeXt | 59 | 0.8125 | 0.8500 |" in markdown
     assert "| lgg_unet | UNet | 9 | 0.6000 |" in markdown and "| nan |" in markdown and "| - |" in markdown

@@ -18,20 +18,24 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 from brainseg.utils.errors import UserError
 from brainseg.utils.io import atomic_write
 
-# (column, task, metric) of the results table, in order.
+# (column, task, metric) of the results table, in order; the NSD and largest-component (*_lcc)
+# columns follow hd95 / the LGG columns when some run has them (see table_columns).
 COLUMNS = (
     ("dice_volume_mean", "lgg", "dice_volume_mean"),
     ("dice_volume_median", "lgg", "dice_volume_median"),
     ("dice_global", "lgg", "dice_global"),
     ("iou_global", "lgg", "iou_global"),
     ("hd95", "lgg", "hd95"),
+    ("assd", "lgg", "assd"),
+    ("lesion_f1_mean", "lgg", "lesion_f1_mean"),
+    ("lesion_dice_mean", "lgg", "lesion_dice_mean"),
     ("seed_dice", "lgg", "seed_dice"),
     ("seed_iou", "lgg", "seed_iou"),
     ("segm/AP", "segm", "AP"),
@@ -44,7 +48,9 @@ LOSS_KEY = "total_loss"
 VAL_DICE_KEYS = ("lgg/dice_volume_mean", "lgg/dice_global")  # first one present is plotted
 TABLE_NOTE = (
     "LGG metrics are fractions in [0, 1] (dice_volume_*: per-patient 3-D Dice; *_global: pooled over "
-    "all pixels; seed_*: UNeXt's per-batch convention); hd95 in voxels (mm when the dataset gives a "
+    "all pixels; nsd_*: normalised surface Dice at that tolerance; lesion_*_mean: per-patient "
+    "lesion-wise F1 / Dice; *_lcc: each patient's prediction cut to its largest 3-D component; "
+    "seed_*: UNeXt's per-batch convention); hd95 and assd in voxels (mm when the dataset gives a "
     "spacing); COCO AP in percent (detectron2's convention)."
 )
 
@@ -136,12 +142,28 @@ def load_run(run_dir: str) -> Run:
     return Run(name, model_name(os.path.join(run_dir, "config.yaml")), results, read_history(files["metrics.json"]))
 
 
+def table_columns(runs: Sequence[Run]) -> List[Tuple[str, str, str]]:
+    """The table's (column, task, metric): :data:`COLUMNS`, with the NSD metrics some run has
+    (``nsd_1mm``, ``nsd_2vox``, ...: their names carry the tolerance) after ``assd`` and the
+    largest-component variants (``*_lcc``) after the last LGG column."""
+    lgg_keys = sorted({key for run in runs for key in run.results.get("lgg", {})})
+    nsd = [(k, "lgg", k) for k in lgg_keys if k.startswith("nsd_") and not k.endswith("_lcc")]
+    lcc = [(k, "lgg", k) for k in lgg_keys if k.endswith("_lcc")]
+    columns = list(COLUMNS)
+    at = [c[0] for c in columns].index("assd") + 1
+    columns[at:at] = nsd
+    at = max(i for i, c in enumerate(columns) if c[1] == "lgg") + 1
+    columns[at:at] = lcc
+    return columns
+
+
 def table_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
-    """One row per run: run, model, last iteration and the :data:`COLUMNS` (None if absent)."""
+    """One row per run: run, model, last iteration and the :func:`table_columns` (None if absent)."""
     rows = []
+    columns = table_columns(runs)
     for run in runs:
         row: Dict[str, Any] = {"run": run.name, "model": run.model, "iterations": run.last_iteration}
-        for column, task, metric in COLUMNS:
+        for column, task, metric in columns:
             value = run.results.get(task, {}).get(metric)
             row[column] = None if value is None else float(value)
         rows.append(row)

@@ -2,7 +2,9 @@
 
 A training run is bit-identical only on the same machine with the same thread count; across
 CPUs (AVX2 vs AVX-512/AMX kernels) and seeds the figures move, so the demo is recorded as
-mean +- SD over seeds (``train.seed=0,1,2``) with the CPU named.
+mean +- SD over seeds (``train.seed=0,1,2``) with the CPU and the training precision named. A
+run trained in another precision than the recorded seeds (``train.precision=auto`` picks bf16 on
+CPUs with native bf16) is flagged: the range is then not its reference.
 
 Examples:
     # after `make demo`: this run next to the recorded range
@@ -14,6 +16,7 @@ Examples:
 import argparse
 import json
 import os
+import re
 import statistics
 from typing import Dict, List, Optional, Sequence
 
@@ -51,14 +54,33 @@ def read_figures(run_dir: str) -> Dict[str, float]:
             if metric in results.get(task, {})}
 
 
+# the trainer's log line "precision: <policy description>" (BrainSegTrainer.train)
+_PRECISION_LINE = re.compile(r"\bprecision: (fp32|bf16|fp16)\b")
+
+
+def run_precision(run_dir: str) -> Optional[str]:
+    """The precision a run trained in ("fp32", "bf16", "fp16"), from its ``log.txt``; None when
+    the log does not say."""
+    try:
+        with open(os.path.join(run_dir, "log.txt")) as f:
+            found = [m.group(1) for m in map(_PRECISION_LINE.search, f) if m]
+    except OSError:
+        return None
+    return found[-1] if found else None
+
+
 def record(run_dirs: Sequence[str], out: str, command: str) -> None:
     """Write the figures of seed runs (``train.seed`` read from each run's config) to ``out``."""
     runs = {}
     for run_dir in run_dirs:
         seed = _seed_of(run_dir)
         runs[str(seed)] = read_figures(run_dir)
+    precisions = sorted({str(run_precision(run_dir)) for run_dir in run_dirs})
+    if len(precisions) > 1:
+        raise SummaryError(f"the runs trained in different precisions ({', '.join(precisions)}); "
+                           "record the seeds of one precision")
     reference = {"command": command, "cpu": cpu_model_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                 "threads": torch.get_num_threads(), "seeds": runs}
+                 "threads": torch.get_num_threads(), "precision": run_precision(run_dirs[0]), "seeds": runs}
     atomic_write(out, json.dumps(reference, indent=2) + "\n")
     print(f"recorded {len(runs)} seeds in {out}")
     print(describe(reference))
@@ -80,11 +102,15 @@ def _seed_of(run_dir: str) -> int:
         raise SummaryError(f"cannot read train.seed from {path}: {e!r}") from None
 
 
-def describe(reference: dict, current: Optional[Dict[str, float]] = None) -> str:
-    """Lines ``label: [this run's value | ]mean +- SD (min-max) over seeds ...``."""
+def describe(reference: dict, current: Optional[Dict[str, float]] = None, current_precision: Optional[str] = None) -> str:
+    """Lines ``label: [this run's value | ]mean +- SD (min-max) over seeds ...``, and a warning
+    line when ``current_precision`` is not the recorded seeds' precision."""
     seeds = reference["seeds"]
-    lines = [f"recorded over seeds {', '.join(sorted(seeds))} on {reference['cpu']} "
-             f"({reference['cpu_capability']}, {reference['threads']} threads): mean +- SD (min - max)"]
+    recorded_precision = reference.get("precision")
+    settings = ", ".join(str(x) for x in (reference["cpu_capability"], f"{reference['threads']} threads",
+                                          recorded_precision) if x)
+    lines = [f"recorded over seeds {', '.join(sorted(seeds))} on {reference['cpu']} ({settings}): "
+             "mean +- SD (min - max)"]
     for task, metric, label, fmt in FIGURES:
         key = f"{task}/{metric}"
         values: List[float] = [run[key] for run in seeds.values() if key in run]
@@ -96,6 +122,10 @@ def describe(reference: dict, current: Optional[Dict[str, float]] = None) -> str
             lines.append(f"  {label:26s} this run {current[key]:{fmt}}   recorded {spread}")
         else:
             lines.append(f"  {label:26s} {spread}")
+    if current_precision and recorded_precision and current_precision != recorded_precision:
+        lines.append(f"  NOTE: this run trained in {current_precision}, the recorded seeds in {recorded_precision} "
+                     "(train.precision=auto follows the CPU): the range is not this run's reference; "
+                     "BENCHMARKS.md 'Precision auto' records both")
     return "\n".join(lines)
 
 
@@ -118,5 +148,5 @@ def main(argv=None) -> int:
         raise SummaryError(f"cannot read the reference {args.reference}: {e}") from None
     for run_dir in args.runs:
         print(f"{run_dir}: test split")
-        print(describe(reference, read_figures(run_dir)))
+        print(describe(reference, read_figures(run_dir), run_precision(run_dir)))
     return 0

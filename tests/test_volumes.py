@@ -382,3 +382,34 @@ def test_slice_cache_gives_the_files_slices_and_is_ignored_once_they_change(demo
     assert len(volume_dataset.index_volume_dataset(tmp_path)) == 2
     files = [tmp_path / f for f in entries[1]["files"]]
     np.testing.assert_array_equal(volume_dataset.read_volume_slice(files, 4), load_case(find_case(files[0].parent)).image[4])
+
+
+class _TruthModel(torch.nn.Module):
+    """Predicts each mapped record's own truth (enough to draw overlays)."""
+
+    def forward(self, batch):
+        return [{"sem_seg": torch.stack([1 - r["sem_seg"].float(), r["sem_seg"].float()])} for r in batch]
+
+
+def test_training_overlays_draw_nifti_slices(cases, demo_patient, tmp_path):
+    """The overlays written after training read NIfTI slices from their volumes (the record's
+    file_name is a .nii.gz, not an image), shown normalised per volume as the model saw them
+    (clipped to 0..255)."""
+    from brainseg.visualization.overlay import _display_slice, write_dataset_overlays
+
+    images, _ = demo_patient
+    records = volume_dataset.load_volume_records(cases)  # both cases
+    record = next(r for r in records if r["patient_id"] == "caseA" and r["slice_index"] == 3)
+    expected = normalize_intensities(images[3].astype(np.float64), volume_intensity_range(images))
+    shown = _display_slice(record)
+    assert shown.dtype == np.uint8 and shown.shape == images[3].shape
+    # the normalisation maps the 0.5th / 99.5th percentiles to 0 / 255; the brightest voxels lie above
+    assert expected.max() > 255
+    assert np.abs(shown.astype(np.float64) - np.clip(expected, 0, 255)).max() <= 0.5 + 1e-3
+    mapped = [LGGDatasetMapper(is_train=False)(r) for r in records]
+    loader = [mapped[i:i + 4] for i in range(0, len(mapped), 4)]
+    paths = write_dataset_overlays(_TruthModel(), loader, str(tmp_path / "overlays"))
+    assert [os.path.basename(p) for p in paths] == ["caseA.png", "caseB.png"]
+    for path in paths:
+        with Image.open(path) as png:
+            assert png.format == "PNG"

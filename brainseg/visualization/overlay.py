@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from brainseg.data.io import read_lgg_image
+from brainseg.data import read_record_image
 from brainseg.utils.io import atomic_write
 from brainseg.evaluation.masks import prediction_mask, truth_mask
 from brainseg.modeling.postprocessing import DEFAULT_MASK_THRESHOLD
@@ -231,6 +231,17 @@ def save_overlay_figure(
     atomic_write(path, buffer.getvalue())
 
 
+# what read_record_image needs of a record: a TIFF slice's file, or a NIfTI slice's volumes
+_IMAGE_KEYS = ("file_name", "slice_index", "volume_files", "intensity_range")
+
+
+def _display_slice(record: Dict[str, Any]) -> np.ndarray:
+    """The record's slice as (H, W, 3) uint8: a TIFF as stored, a NIfTI slice normalised per
+    volume as the model saw it, clipped to 0..255."""
+    image = read_record_image(record)
+    return image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def _patient_figure(
     path: str, patient_id: str, slices: List[Tuple[Dict[str, Any], np.ndarray, np.ndarray]], slices_per_patient: int
 ) -> None:
@@ -243,7 +254,7 @@ def _patient_figure(
     chosen = sorted(by_area[:slices_per_patient], key=lambda i: slices[i][0]["slice_index"])
     samples = [
         OverlaySample(
-            image=read_lgg_image(slices[i][0]["file_name"]),
+            image=_display_slice(slices[i][0]),
             truth=slices[i][1],
             prediction=slices[i][2],
             title=f"slice {slices[i][0]['slice_index']}",
@@ -306,7 +317,7 @@ def write_dataset_overlays(
                         return paths
                     current, slices = record["patient_id"], []
                 prediction = prediction_mask(record, output, mask_source=mask_source, threshold=threshold)
-                kept = {"file_name": record["file_name"], "slice_index": record["slice_index"]}
+                kept = {k: record[k] for k in _IMAGE_KEYS if k in record}
                 slices.append((kept, truth_mask(record, prediction.shape), prediction))
     finish_patient()
     return paths

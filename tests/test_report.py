@@ -167,7 +167,14 @@ def test_save_overlay_png_and_figure(tmp_path):
         OverlaySample(image, truth, prediction, "P slice 3"),
         OverlaySample(image, np.zeros_like(truth), np.zeros_like(truth)),
     ]
-    save_overlay_figure(tmp_path / "figure.png", samples, panel_size=2.0, dpi=50)
+    from matplotlib.figure import Figure
+
+    suptitles = []
+    real_suptitle = Figure.suptitle
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Figure, "suptitle", lambda self, text, **kw: suptitles.append(text) or real_suptitle(self, text, **kw))
+        save_overlay_figure(tmp_path / "figure.png", samples, title="P: 3-D Dice 0.5", panel_size=2.0, dpi=50)
+    assert suptitles == ["P: 3-D Dice 0.5\nground-truth contour green, prediction contour red"]  # not a panel's title
     with Image.open(tmp_path / "figure.png") as png:
         assert png.size == (4 * 2.0 * 50, round(2 * (2.0 + 0.3) * 50))
     with pytest.raises(ValueError, match="at least one sample"):

@@ -219,9 +219,9 @@ def save_overlay_figure(
         row[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
         row[2].imshow(prediction, cmap="gray", vmin=0, vmax=1)
         row[3].imshow(draw_overlay(sample.image, prediction, truth, channel=channel))
-        titles = (sample.title or "image", "ground truth", "prediction", _dice_label(prediction, truth))
-        for ax, title in zip(row, titles):
-            ax.set_title(title, fontsize=7)
+        panel_titles = (sample.title or "image", "ground truth", "prediction", _dice_label(prediction, truth))
+        for ax, panel_title in zip(row, panel_titles):
+            ax.set_title(panel_title, fontsize=7)
             ax.axis("off")
     legend = "ground-truth contour green, prediction contour red"
     figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=8)

@@ -75,12 +75,12 @@ def record(run_dirs: Sequence[str], out: str, command: str) -> None:
     for run_dir in run_dirs:
         seed = _seed_of(run_dir)
         runs[str(seed)] = read_figures(run_dir)
-    precisions = sorted({str(run_precision(run_dir)) for run_dir in run_dirs})
+    precisions = {run_precision(run_dir) for run_dir in run_dirs}
     if len(precisions) > 1:
-        raise SummaryError(f"the runs trained in different precisions ({', '.join(precisions)}); "
+        raise SummaryError(f"the runs trained in different precisions ({', '.join(sorted(map(str, precisions)))}); "
                            "record the seeds of one precision")
     reference = {"command": command, "cpu": cpu_model_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                 "threads": torch.get_num_threads(), "precision": run_precision(run_dirs[0]), "seeds": runs}
+                 "threads": torch.get_num_threads(), "precision": precisions.pop(), "seeds": runs}
     atomic_write(out, json.dumps(reference, indent=2) + "\n")
     print(f"recorded {len(runs)} seeds in {out}")
     print(describe(reference))

@@ -207,3 +207,21 @@ def test_eval_under_inference_mode_then_no_grad():
     with torch.no_grad():
         out = model([record(0)])[0]["sem_seg"]  # the copy built under inference mode is reusable
     assert torch.isfinite(out).all()
+
+
+def test_autocast_inference_keeps_matmul_weights_in_the_autocast_dtype():
+    """Under bf16 autocast the folded net holds bf16 conv/linear weights (norms stay float32) and
+    gives exactly what autocast gives with float32 weights; without autocast it is float32 again."""
+    model = tiny_model().eval()
+    x = images(size=32).contiguous(memory_format=torch.channels_last)
+    matmul_layers = (nn.Conv2d, nn.Linear)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net = model.inference_net()
+            assert {m.weight.dtype for m in net.modules() if isinstance(m, matmul_layers)} == {torch.bfloat16}
+            assert {m.weight.dtype for m in net.modules() if isinstance(m, nn.LayerNorm)} == {torch.float32}
+            ours = net(x)
+            reference = fold_batchnorm(model.net)(x)  # float32 weights, cast by autocast at every call
+        assert torch.equal(ours, reference)
+        assert {m.weight.dtype for m in model.inference_net().modules() if isinstance(m, matmul_layers)} == {
+            torch.float32}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks: a model's training and inference speed (default), ``ms_deform_attn`` (ours vs
-PyTorch vs a PyPI peer) and ``loader`` (data-loader start methods).
+PyTorch vs a PyPI peer), ``resampling`` (UNeXt's fused upsampling and pooling kernels vs the
+PyTorch compositions) and ``loader`` (data-loader start methods).
 
 The command is :func:`brainseg.engine.benchmark.main`; ``--help`` describes it.
 """

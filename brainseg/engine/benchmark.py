@@ -8,6 +8,7 @@ Usage::
     python tools/benchmark.py --config-file configs/lgg/unext.py --peers smp_unet monai_basicunet
         [--reference-unext PATH] [--compile] [--json PATH] [...] [-- key=value ...]
     python tools/benchmark.py ms_deform_attn [args]   # brainseg.layers.benchmark
+    python tools/benchmark.py resampling [args]       # brainseg.layers.resampling_benchmark
     python tools/benchmark.py loader --config-file configs/lgg/unext_demo.py   # brainseg.data.benchmark
 
 The model is ``instantiate(cfg.model)`` after the ``key=value`` overrides (detectron2 lazy
@@ -29,9 +30,10 @@ threads; with ``--threads 1`` it measures the work itself even on a busy machine
 (matmul/conv FLOPs counted with ``torch.utils.flop_counter`` for one batch, divided by the
 median time) and the peak RSS of the process up to the end of the phase.
 
-``--weights PTH`` loads a trained checkpoint first. Without it the net is untrained, its
-output is noise, and the connected-component instances of inference see hundreds of
-components per image: a slower post-processing than a trained model's.
+``--weights PTH`` loads a trained checkpoint first. Without it the net is untrained (initialised
+from seed 0, the same weights every run), its output is noise, and the connected-component
+instances of inference see hundreds of components per image: a slower post-processing than a
+trained model's, and one that depends on the seed.
 
 **With peers** (``--peers`` and/or ``--reference-unext``, see :mod:`brainseg.engine.peers`):
 brainseg's model as configured (one variant, "as configured") and every peer in the variants
@@ -69,6 +71,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from brainseg.data import benchmark as loader_benchmark
 from brainseg.inference.model import StrictCheckpointer
 from brainseg.layers import benchmark as ms_deform_attn_benchmark
+from brainseg.layers import resampling_benchmark
 from brainseg.utils.benchmark import benchmark, cpu_model_name
 from brainseg.utils.config import load_config
 from brainseg.utils.errors import ConfigError
@@ -586,7 +589,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] = None) -> int:
     """``tools/benchmark.py``: prints the tables; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    subcommands = {"ms_deform_attn": ms_deform_attn_benchmark.main, "loader": loader_benchmark.main}
+    subcommands = {"ms_deform_attn": ms_deform_attn_benchmark.main, "loader": loader_benchmark.main,
+                   "resampling": resampling_benchmark.main}
     if argv and argv[0] in subcommands:
         return subcommands[argv[0]](argv[1:])
     args = parse_args(argv)
@@ -596,6 +600,7 @@ def main(argv: Sequence[str] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     policy = resolve_train_precision(cfg.get("train", {}), device)
     args.optimizer = config_optimizer(cfg)
+    torch.manual_seed(0)  # the same untrained weights every run: their noise sets the post-processing cost
     model = instantiate(cfg.model)
     if args.weights:
         StrictCheckpointer(model, allow_unsafe_load=cfg.get("train", {}).get("allow_unsafe_checkpoint", False)).load(

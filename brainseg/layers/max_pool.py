@@ -1,4 +1,7 @@
-"""Max pooling whose CPU forward runs on the channels-last kernel.
+"""Max pooling on fast CPU kernels: :func:`max_pool2d` (PyTorch's channels-last forward kernel for
+NCHW tensors) and :func:`max_pool2x2_relu` (2x2 pooling fused with a ReLU, C++ in ``brainseg._C``).
+
+:func:`max_pool2d`:
 
 PyTorch's CPU ``max_pool2d_with_indices`` on a contiguous (NCHW) tensor walks each plane with
 a scalar loop; on a channels-last tensor it vectorises over channels and is several times
@@ -12,7 +15,9 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["max_pool2d"]
+from .extension import C_EXTENSION
+
+__all__ = ["max_pool2d", "max_pool2x2_relu", "max_pool2x2_relu_reference"]
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -56,3 +61,79 @@ def max_pool2d(x: torch.Tensor, kernel_size: _IntPair, stride: _IntPair, padding
     if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
         return F.max_pool2d(x, kernel_size, stride, padding)
     return _ChannelsLastMaxPool.apply(x, _pair(kernel_size), _pair(stride), _pair(padding))
+
+
+def max_pool2x2_relu_reference(x: torch.Tensor) -> torch.Tensor:
+    """``relu(max_pool2d(x, 2))`` in plain PyTorch: what :func:`max_pool2x2_relu` computes."""
+    return F.relu(F.max_pool2d(x, 2), inplace=True)
+
+
+if C_EXTENSION is not None:
+
+    @torch.library.custom_op("brainseg::max_pool2x2_relu", mutates_args=())
+    def _fused(x: torch.Tensor, with_code: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        out, code = C_EXTENSION.max_pool2x2_relu_forward(x, with_code)
+        return out, code
+
+    @_fused.register_fake
+    def _(x, with_code):
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        code = torch.empty_like(out, dtype=torch.uint8) if with_code else x.new_empty((0,), dtype=torch.uint8)
+        return out, code
+
+    @torch.library.custom_op("brainseg::max_pool2x2_relu_backward", mutates_args=())
+    def _fused_backward(grad_output: torch.Tensor, code: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return C_EXTENSION.max_pool2x2_relu_backward(grad_output, code, height, width)
+
+    @_fused_backward.register_fake
+    def _(grad_output, code, height, width):
+        n, c = grad_output.shape[:2]
+        return torch.empty((n, c, height, width), dtype=grad_output.dtype, device=grad_output.device,
+                           memory_format=torch.channels_last)
+
+    def _setup_context(ctx, inputs, output):
+        x, _ = inputs
+        ctx.save_for_backward(output[1])
+        ctx.input_size = tuple(x.shape[-2:])
+        ctx.mark_non_differentiable(output[1])
+
+    def _backward(ctx, grad_output, _grad_code):
+        (code,) = ctx.saved_tensors  # x required grad, so the forward wrote the codes
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
+        return _fused_backward(grad_output, code, *ctx.input_size), None
+
+    _fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
+    """``relu(F.max_pool2d(x, 2))``: the 2x2 max pooling (stride 2, floor mode) and ReLU of UNeXt's
+    encoder conv stages, fused.
+
+    On a channels-last CPU tensor (what brainseg's nets run by default) one C++ kernel of
+    ``brainseg._C`` pools and rectifies in one pass and keeps, for the backward, one byte per output
+    (which input the gradient flows to) instead of PyTorch's int64 indices. Values and gradients
+    equal PyTorch's exactly, ties (the first maximum in the window wins) and NaNs included.
+    Elsewhere (CUDA, NCHW, traced or exported graphs, no extension) it is
+    :func:`max_pool2x2_relu_reference`. The fused op is a ``torch.library`` custom op
+    (``brainseg::max_pool2x2_relu``), so ``torch.compile`` keeps it in its graph.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+
+    Returns:
+        (N, C, H // 2, W // 2); channels-last when the fused kernel ran.
+    """
+    if not (
+        C_EXTENSION is not None
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and min(x.shape[-2:]) >= 2  # (smaller: PyTorch's error about the empty output)
+    ):
+        return max_pool2x2_relu_reference(x)
+    out, _ = _fused(x, torch.is_grad_enabled() and x.requires_grad)
+    return out

@@ -17,7 +17,6 @@ Sampling convention (all paths): locations are normalised ``(x, y)`` in ``[0, 1]
 with pixel centres at ``(i + 0.5) / W`` (``align_corners=False``); bilinear
 interpolation; positions outside the map read zeros.
 """
-import importlib
 import logging
 import os
 from typing import Optional, Sequence, Tuple
@@ -26,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
+
+from .extension import C_EXTENSION as _C
+from .extension import C_IMPORT_ERROR as _C_IMPORT_ERROR
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "MSDeformAttnFunction", "extension_status"]
 
@@ -36,14 +38,6 @@ logger = logging.getLogger(__name__)
 _warned: set = set()
 
 
-def _load_extension():
-    try:
-        return importlib.import_module("brainseg._C"), None
-    except ImportError as e:  # not built, or built against another torch
-        return None, str(e)
-
-
-_C, _C_IMPORT_ERROR = _load_extension()
 
 
 def extension_status() -> dict:

@@ -23,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .nets.layers import ConvBN
 
-__all__ = ["fold_batchnorm", "weights_version", "FoldedNetCache"]
+__all__ = ["fold_batchnorm", "cast_matmul_weights", "weights_version", "FoldedNetCache"]
 
 
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
@@ -79,6 +79,27 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     return folded.requires_grad_(False)
 
 
+def cast_matmul_weights(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast, in place, the weights and biases of ``net``'s convolutions and linear layers to
+    ``dtype`` (the modules autocast runs in that dtype), leaving norms and everything else alone.
+
+    Under autocast to ``dtype`` this changes no result: autocast casts those parameters to ``dtype``
+    at every call, and a parameter already in ``dtype`` is used as it is. It only saves the casts
+    (one copy per convolution and linear layer per forward).
+
+    Args:
+        net: an eval-only module (e.g. from :func:`fold_batchnorm`).
+        dtype: the autocast dtype (``torch.bfloat16`` or ``torch.float16``).
+
+    Returns:
+        ``net``.
+    """
+    for module in net.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            module.to(dtype)
+    return net
+
+
 def weights_version(module: nn.Module) -> Tuple[int, ...]:
     """A key that changes when a parameter or buffer of ``module`` is modified or replaced.
 
@@ -98,7 +119,7 @@ def weights_version(module: nn.Module) -> Tuple[int, ...]:
 
 class FoldedNetCache:
     """The :func:`fold_batchnorm` copy of a net, built at the first :meth:`get` and rebuilt when
-    the net's weights change (:func:`weights_version`).
+    the net's weights change (:func:`weights_version`) or another weight dtype is asked for.
 
     Not a module: an owner keeps it in a plain attribute, so the copy adds nothing to the owner's
     ``state_dict()``, checkpoints or ``parameters()``.
@@ -106,16 +127,24 @@ class FoldedNetCache:
 
     def __init__(self):
         self._net: Optional[nn.Module] = None
-        self._version: Optional[Tuple[int, ...]] = None
+        self._version: Optional[Tuple] = None
 
-    def get(self, net: nn.Module) -> nn.Module:
-        """The folded copy of ``net``'s current weights (cached while they stay the same)."""
-        version = weights_version(net)
+    def get(self, net: nn.Module, matmul_dtype: Optional[torch.dtype] = None) -> nn.Module:
+        """The folded copy of ``net``'s current weights (cached while they stay the same).
+
+        Args:
+            net: the net to fold.
+            matmul_dtype: if given, the copy's convolution and linear weights are cast to it
+                (:func:`cast_matmul_weights`): for forwards under autocast to that dtype.
+        """
+        version = (weights_version(net), matmul_dtype)
         if self._net is None or version != self._version:
             # ordinary tensors even when called under torch.inference_mode(), so that the copy
             # also serves later calls made outside inference mode
             with torch.inference_mode(False), torch.no_grad():
                 self._net = fold_batchnorm(net)
+                if matmul_dtype is not None:
+                    cast_matmul_weights(self._net, matmul_dtype)
             self._version = version
         return self._net
 

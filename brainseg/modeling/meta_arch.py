@@ -130,21 +130,37 @@ class BrainSegSemantic(nn.Module):
         ]
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalise the images and pad them into one batch (padding is 0 after normalising)."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        images = ImageList.from_tensors(images, self.size_divisibility)
-        images.tensor = images.tensor.contiguous(memory_format=self.memory_format)
-        return images
+        """Normalise the images and pad them into one batch (padding is 0 after normalising), as
+        ``ImageList.from_tensors`` pads, in the net's memory format. Each image is normalised
+        straight into its place in the batch: one pass instead of four (normalise, divide, pad,
+        change the memory format)."""
+        raw = [x["image"].to(self.device) for x in batched_inputs]
+        sizes = [tuple(image.shape[-2:]) for image in raw]
+        stride = self.size_divisibility
+        height, width = (-(-max(size[i] for size in sizes) // stride) * stride for i in (0, 1))
+        shape = (len(raw), raw[0].shape[0], height, width)
+        padded = any(size != (height, width) for size in sizes)
+        batch = (torch.zeros if padded else torch.empty)(
+            shape, dtype=torch.float32, device=self.device).contiguous(memory_format=self.memory_format)
+        for image, place in zip(raw, batch):
+            place = place[:, : image.shape[-2], : image.shape[-1]]
+            torch.sub(image, self.pixel_mean, out=place)
+            place.div_(self.pixel_std)
+        return ImageList(batch, sizes)
 
     def inference_net(self) -> nn.Module:
         """The net an eval forward runs: with ``fuse_for_inference`` and gradients disabled, an
         eval-only copy of ``net`` with its BatchNorms folded into the convolutions
         (:func:`~brainseg.modeling.fusion.fold_batchnorm`), folded again whenever a parameter or
-        buffer of ``net`` has changed; otherwise ``net`` itself (so gradients reach its parameters).
+        buffer of ``net`` has changed; under autocast its convolution and linear weights are kept
+        in the autocast dtype (the same results without a cast per layer and forward). Otherwise
+        ``net`` itself (so gradients reach its parameters).
         """
         if not self.fuse_for_inference or torch.is_grad_enabled():
             return self.net
-        return self._folded_net.get(self.net)
+        device_type = self.device.type
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        return self._folded_net.get(self.net, matmul_dtype=autocast_dtype)
 
     def run_net(self, images: torch.Tensor) -> torch.Tensor:
         """Run the net; in eval mode :meth:`inference_net`, compiled if ``compile_inference``

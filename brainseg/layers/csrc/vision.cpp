@@ -3,6 +3,8 @@
 
 #include "ms_deform_attn/backends.h"
 #include "ms_deform_attn/ms_deform_attn.h"
+#include "pooling/max_pool2x2_relu.h"
+#include "upsample/upsample2x_relu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "brainseg C++/CUDA kernels";
@@ -33,4 +35,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "ms_deform_attn_has_cuda",
       &brainseg::ms_deform_attn_has_cuda,
       "True when the CUDA kernels were compiled in");
+  m.def(
+      "upsample2x_relu_forward",
+      &brainseg::upsample2x_relu_forward,
+      "relu(2x bilinear upsampling of x, align_corners=False) [+ skip], channels-last CPU tensors",
+      py::arg("x"),
+      py::arg("skip") = py::none());
+  m.def(
+      "upsample2x_relu_backward",
+      &brainseg::upsample2x_relu_backward,
+      "Gradient of upsample2x_relu_forward with respect to x",
+      py::arg("x"),
+      py::arg("grad_output"));
+  m.def(
+      "max_pool2x2_relu_forward",
+      &brainseg::max_pool2x2_relu_forward,
+      "relu(max_pool2d(x, 2)) of a channels-last CPU tensor -> [out, uint8 gradient code or empty]",
+      py::arg("x"),
+      py::arg("with_code"));
+  m.def(
+      "max_pool2x2_relu_backward",
+      &brainseg::max_pool2x2_relu_backward,
+      "Gradient of max_pool2x2_relu_forward with respect to x",
+      py::arg("grad_output"),
+      py::arg("code"),
+      py::arg("height"),
+      py::arg("width"));
 }

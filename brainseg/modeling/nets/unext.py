@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...layers.max_pool import max_pool2x2_relu
+from ...layers.upsample import upsample2x_relu
 from .base import UShapedNet
 from .layers import ConvBN
 
@@ -71,14 +73,15 @@ class ShiftedMLPBlock(nn.Module):
 
 
 class ConvStage(nn.Module):
-    """Encoder conv stage: 3x3 conv - BN - 2x2 max-pool - ReLU."""
+    """Encoder conv stage: 3x3 conv - BN - 2x2 max-pool - ReLU (the last two fused:
+    :func:`~brainseg.layers.max_pool.max_pool2x2_relu`)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = ConvBN(in_channels, out_channels, 3, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(F.max_pool2d(self.conv(x), 2), inplace=True)
+        return max_pool2x2_relu(self.conv(x))
 
 
 class TokenStage(nn.Module):
@@ -98,8 +101,9 @@ class TokenStage(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """Decoder stage: 3x3 conv (- BN) - x2 bilinear upsampling - ReLU, plus the skip, then
-    optionally a :class:`ShiftedMLPBlock` and a LN on the result."""
+    """Decoder stage: 3x3 conv (- BN) - x2 bilinear upsampling - ReLU, plus the skip (the last
+    three fused: :func:`~brainseg.layers.upsample.upsample2x_relu`), then optionally a
+    :class:`ShiftedMLPBlock` and a LN on the result."""
 
     def __init__(
         self,
@@ -123,10 +127,7 @@ class DecoderStage(nn.Module):
             self.block = None
 
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = F.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = F.relu(x, inplace=True)
-        if skip is not None:
-            x = x + skip
+        x = upsample2x_relu(self.conv(x), skip)
         if self.block is None:
             return x
         tokens = self.block_norm(self.block(x.permute(0, 2, 3, 1)))

@@ -11,7 +11,7 @@
 // deterministic; grad_locations / grad_weights of a sample belong to one task too.
 //
 // Both passes are compiled three times on x86-64 (baseline SSE2, AVX2 + FMA, AVX-512) and the
-// variant is chosen at run time, following PyTorch's own choice (ATEN_CPU_CAPABILITY).
+// variant is chosen at run time, following PyTorch's own choice (cpu_isa.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -20,49 +20,13 @@
 #include <string>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "ms_deform_attn/backends.h"
 #include "ms_deform_attn/bilinear.h"
 #include "ms_deform_attn/kernel_args.h"
 
-#if defined(__GNUC__)
-#define BRAINSEG_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define BRAINSEG_ALWAYS_INLINE inline
-#endif
-
-// Runtime instruction-set dispatch of the kernels: GCC/Clang on x86-64 only.
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
-#define BRAINSEG_X86_DISPATCH 1
-#else
-#define BRAINSEG_X86_DISPATCH 0
-#endif
-
 namespace brainseg {
 namespace {
-
-enum class CpuIsa { kDefault, kAvx2, kAvx512 };
-
-// The widest instruction set the kernels may use: the one PyTorch's own CPU kernels run
-// (at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY=default|avx2|avx512), provided
-// the CPU has the extra features the variant is compiled with (FMA, AVX-512 VL). Decided once.
-CpuIsa kernel_isa() {
-  static const CpuIsa isa = [] {
-#if BRAINSEG_X86_DISPATCH
-    __builtin_cpu_init();
-    const std::string torch_isa = at::get_cpu_capability();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-    if (torch_isa == "AVX512" && avx512) {
-      return CpuIsa::kAvx512;
-    }
-    if ((torch_isa == "AVX512" || torch_isa == "AVX2") && avx2) {
-      return CpuIsa::kAvx2;
-    }
-#endif
-    return CpuIsa::kDefault;
-  }();
-  return isa;
-}
 
 using msda::BilinearCorners;
 using msda::bilinear_coordinate_grad;
@@ -227,37 +191,6 @@ BRAINSEG_ALWAYS_INLINE void backward_tasks(
   }
 }
 
-#if BRAINSEG_X86_DISPATCH
-// Tasks::run(args...) compiled for AVX2 / AVX-512. Tasks::run is always inlined, so its channel
-// loops are vectorised for the target of the wrapper that calls it.
-template <typename Tasks, typename... Args>
-__attribute__((target("avx2,fma"))) void run_avx2(Args... args) {
-  Tasks::run(args...);
-}
-
-template <typename Tasks, typename... Args>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void run_avx512(Args... args) {
-  Tasks::run(args...);
-}
-#endif
-
-// Tasks::run(args...) on the variant of the instruction set chosen by kernel_isa() (the
-// baseline build when none applies).
-template <typename Tasks, typename... Args>
-void run_for_isa(Args... args) {
-#if BRAINSEG_X86_DISPATCH
-  switch (kernel_isa()) {
-    case CpuIsa::kAvx512:
-      return run_avx512<Tasks>(args...);
-    case CpuIsa::kAvx2:
-      return run_avx2<Tasks>(args...);
-    default:
-      break;
-  }
-#endif
-  Tasks::run(args...);
-}
-
 template <typename scalar_t>
 struct ForwardTasks {
   static BRAINSEG_ALWAYS_INLINE void run(const ForwardArgs<scalar_t>* args, scalar_t* output, int64_t begin, int64_t end) {
@@ -297,14 +230,7 @@ void backward_kernel(const ForwardArgs<scalar_t>& args, const BackwardArgs<scala
 }  // namespace
 
 std::string ms_deform_attn_cpu_isa() {
-  switch (kernel_isa()) {
-    case CpuIsa::kAvx512:
-      return "avx512";
-    case CpuIsa::kAvx2:
-      return "avx2";
-    default:
-      return "default";
-  }
+  return kernel_isa_name();
 }
 
 at::Tensor ms_deform_attn_forward_cpu(const MSDeformAttnInputs& in) {

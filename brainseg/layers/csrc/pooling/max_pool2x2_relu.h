@@ -1,0 +1,26 @@
+// Fused 2x2 max pooling (stride 2, no padding, floor mode) + ReLU, the encoder step of UNeXt's conv
+// stages:
+//
+//   out = relu(max_pool2d(x, 2))
+//
+// on channels-last (N, H, W, C memory order) CPU tensors; float, double, bfloat16 and half. The
+// forward can also return, per output element, a one-byte code saying which of the four inputs the
+// gradient flows to (0..3 in row-major order within the window; 4: none, where the maximum is
+// <= 0), all the backward needs: PyTorch's max pooling keeps an int64 index per output instead.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace brainseg {
+
+// x: (N, C, H, W) channels-last contiguous. Returns [out (N, C, H/2, W/2) channels-last, code
+// (N, C, H/2, W/2) uint8 channels-last, or an empty tensor when with_code is false].
+std::vector<at::Tensor> max_pool2x2_relu_forward(const at::Tensor& x, bool with_code);
+
+// The gradient with respect to x: grad_output (N, C, H/2, W/2) channels-last in x's dtype and the
+// forward's code; input_size is x's (H, W).
+at::Tensor max_pool2x2_relu_backward(const at::Tensor& grad_output, const at::Tensor& code, int64_t height, int64_t width);
+
+}  // namespace brainseg

@@ -1,0 +1,249 @@
+// CPU kernels of the fused 2x bilinear upsampling + ReLU (+ skip): see upsample2x_relu.h.
+//
+// Source positions follow PyTorch's bilinear interpolation with align_corners=False at scale 2:
+// output index o reads src = max((o + 0.5) / 2 - 0.5, 0), i.e. input rows/columns
+// floor(src) and floor(src) + 1 (clamped to the last one) with weights 1 - frac, frac, which at
+// this scale are 0.25 / 0.75 (1 at the first and last output).
+//
+// Forward parallelises over output rows; every output element is computed once from its four
+// inputs, channels innermost (contiguous in channels-last, so the channel loop vectorises), into
+// a float row that is then rectified, added to the skip and rounded to the output dtype.
+// Backward parallelises over input rows: a task gathers the gradient of every output row that
+// reads its input row (at most four), recomputing the ReLU mask from x, so no task writes
+// another's rows (no atomics, deterministic) and the upsampled tensor is never stored.
+// Both are compiled per instruction set (cpu_isa.h).
+#include "upsample/upsample2x_relu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_isa.h"
+#include "elementwise.h"
+
+namespace brainseg {
+namespace {
+
+// The two inputs an output index reads along one axis, and their weights.
+struct Tap {
+  int64_t i0, i1;
+  float w0, w1;  // 0, 0.25, 0.75 or 1: exact in every floating type
+};
+
+std::vector<Tap> axis_taps(int64_t in_size) {
+  std::vector<Tap> taps(2 * in_size);
+  for (int64_t o = 0; o < 2 * in_size; ++o) {
+    const float src = std::max(0.5f * (static_cast<float>(o) + 0.5f) - 0.5f, 0.0f);
+    const int64_t i0 = static_cast<int64_t>(src);
+    const float frac = src - static_cast<float>(i0);
+    taps[o] = {i0, std::min(i0 + 1, in_size - 1), 1.0f - frac, frac};
+  }
+  return taps;
+}
+
+template <typename scalar_t>
+struct Args {
+  const scalar_t* x;
+  const scalar_t* skip;  // forward only; may be null
+  const scalar_t* grad;  // backward only
+  scalar_t* out;         // forward: output; backward: grad_x
+  int64_t height, width, channels;  // of x
+  const Tap* rows;  // per output row
+  const Tap* cols;  // per output column
+};
+
+// The four inputs (channel rows) one output pixel reads, and their weights.
+template <typename scalar_t>
+struct Window {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* __restrict__ p00;
+  const scalar_t* __restrict__ p01;
+  const scalar_t* __restrict__ p10;
+  const scalar_t* __restrict__ p11;
+  acc_t wy0, wy1, wx0, wx1;
+
+  // Output (n, oy, ox) reads input rows ty.i0/ty.i1 and columns tx.i0/tx.i1 of image n.
+  BRAINSEG_ALWAYS_INLINE Window(const Args<scalar_t>& a, int64_t n, const Tap& ty, const Tap& tx)
+      : wy0(ty.w0), wy1(ty.w1), wx0(tx.w0), wx1(tx.w1) {
+    const int64_t C = a.channels, row = a.width * C;
+    const scalar_t* r0 = a.x + (n * a.height + ty.i0) * row;
+    const scalar_t* r1 = a.x + (n * a.height + ty.i1) * row;
+    p00 = r0 + tx.i0 * C;
+    p01 = r0 + tx.i1 * C;
+    p10 = r1 + tx.i0 * C;
+    p11 = r1 + tx.i1 * C;
+  }
+
+  // The upsampled value of channel c (before the ReLU).
+  BRAINSEG_ALWAYS_INLINE acc_t value(int64_t c) const {
+    return wy0 * (wx0 * load(p00[c]) + wx1 * load(p01[c])) + wy1 * (wx0 * load(p10[c]) + wx1 * load(p11[c]));
+  }
+};
+
+template <typename scalar_t>
+struct ForwardRows {
+  // Output rows [begin, end) of the flattened (N, 2H).
+  static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = a->channels, W = a->width, out_h = 2 * a->height, out_w = 2 * W;
+    std::vector<acc_t> row_buffer(out_w * C);
+    acc_t* __restrict__ buf = row_buffer.data();
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / out_h;
+      const Tap ty = a->rows[row % out_h];
+      for (int64_t ox = 0; ox < out_w; ++ox) {
+        const Window<scalar_t> window(*a, n, ty, a->cols[ox]);
+        acc_t* __restrict__ b = buf + ox * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          b[c] = std::max(window.value(c), acc_t(0));
+        }
+      }
+      // The output row in one long loop: a 16-bit store inside the short channel loop above
+      // would not vectorise (GCC's AVX-512 factor for 16-bit elements is 32 > C = 16).
+      scalar_t* __restrict__ o = a->out + row * out_w * C;
+      if (a->skip != nullptr) {
+        const scalar_t* __restrict__ s = a->skip + row * out_w * C;
+#pragma omp simd
+        for (int64_t k = 0; k < out_w * C; ++k) {
+          o[k] = store<scalar_t>(buf[k] + load(s[k]));
+        }
+      } else {
+#pragma omp simd
+        for (int64_t k = 0; k < out_w * C; ++k) {
+          o[k] = store<scalar_t>(buf[k]);
+        }
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+struct BackwardRows {
+  // Input rows [begin, end) of the flattened (N, H).
+  static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = a->height, W = a->width, C = a->channels, out_h = 2 * H, out_w = 2 * W;
+    std::vector<acc_t> acc_row(W * C);
+    acc_t* __restrict__ acc = acc_row.data();
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, iy = row % H;
+      std::fill(acc_row.begin(), acc_row.end(), acc_t(0));
+      for (int64_t oy = std::max<int64_t>(0, 2 * iy - 1); oy <= std::min(out_h - 1, 2 * iy + 2); ++oy) {
+        const Tap ty = a->rows[oy];
+        const acc_t wy = (ty.i0 == iy ? acc_t(ty.w0) : acc_t(0)) + (ty.i1 == iy ? acc_t(ty.w1) : acc_t(0));
+        if (wy == acc_t(0)) {
+          continue;
+        }
+        for (int64_t ox = 0; ox < out_w; ++ox) {
+          const Tap tx = a->cols[ox];
+          const Window<scalar_t> window(*a, n, ty, tx);
+          const scalar_t* __restrict__ g = a->grad + ((n * out_h + oy) * out_w + ox) * C;
+          acc_t* __restrict__ acc0 = acc + tx.i0 * C;
+          if (tx.i0 == tx.i1) {  // border column: both weights on one input
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              acc0[c] += relu_grad(window.value(c), wy * load(g[c]));
+            }
+            continue;
+          }
+          acc_t* __restrict__ acc1 = acc + tx.i1 * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t m = relu_grad(window.value(c), wy * load(g[c]));
+            acc0[c] += window.wx0 * m;
+            acc1[c] += window.wx1 * m;
+          }
+        }
+      }
+      scalar_t* __restrict__ gx = a->out + row * W * C;
+#pragma omp simd
+      for (int64_t k = 0; k < W * C; ++k) {
+        gx[k] = store<scalar_t>(acc[k]);
+      }
+    }
+  }
+};
+
+void check_channels_last(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "upsample2x_relu: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.dim() == 4, "upsample2x_relu: ", name, " must be (N, C, H, W), got ", t.sizes());
+  TORCH_CHECK(
+      t.is_contiguous(at::MemoryFormat::ChannelsLast),
+      "upsample2x_relu: ", name, " must be channels-last contiguous");
+}
+
+void check_upsampled(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  check_channels_last(t, name);
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "upsample2x_relu: ", name, " must have x's dtype");
+  TORCH_CHECK(
+      t.size(0) == x.size(0) && t.size(1) == x.size(1) && t.size(2) == 2 * x.size(2) &&
+          t.size(3) == 2 * x.size(3),
+      "upsample2x_relu: ", name, " must be (N, C, 2H, 2W) for x of shape ", x.sizes(), ", got ", t.sizes());
+}
+
+template <typename scalar_t>
+Args<scalar_t> make_args(const at::Tensor& x, const std::vector<Tap>& rows, const std::vector<Tap>& cols) {
+  Args<scalar_t> a{};
+  a.x = x.const_data_ptr<scalar_t>();
+  a.height = x.size(2);
+  a.width = x.size(3);
+  a.channels = x.size(1);
+  a.rows = rows.data();
+  a.cols = cols.data();
+  return a;
+}
+
+// Rows per task so that a task does at least ~16k element updates.
+int64_t grain(int64_t elements_per_row) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, elements_per_row));
+}
+
+}  // namespace
+
+at::Tensor upsample2x_relu_forward(const at::Tensor& x, const std::optional<at::Tensor>& skip) {
+  check_channels_last(x, "x");
+  if (skip.has_value()) {
+    check_upsampled(*skip, x, "skip");
+  }
+  auto out = at::empty(
+      {x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)},
+      x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) {
+    return out;
+  }
+  const auto rows = axis_taps(x.size(2)), cols = axis_taps(x.size(3));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample2x_relu_forward", [&] {
+    auto a = make_args<scalar_t>(x, rows, cols);
+    a.skip = skip.has_value() ? skip->const_data_ptr<scalar_t>() : nullptr;
+    a.out = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, out.size(0) * out.size(2), grain(out.size(3) * out.size(1)), [&](int64_t begin, int64_t end) {
+      run_for_isa<ForwardRows<scalar_t>>(&a, begin, end);
+    });
+  });
+  return out;
+}
+
+at::Tensor upsample2x_relu_backward(const at::Tensor& x, const at::Tensor& grad_output) {
+  check_channels_last(x, "x");
+  check_upsampled(grad_output, x, "grad_output");
+  auto grad_x = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (x.numel() == 0) {
+    return grad_x;
+  }
+  const auto rows = axis_taps(x.size(2)), cols = axis_taps(x.size(3));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample2x_relu_backward", [&] {
+    auto a = make_args<scalar_t>(x, rows, cols);
+    a.grad = grad_output.const_data_ptr<scalar_t>();
+    a.out = grad_x.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * x.size(2), grain(16 * x.size(3) * x.size(1)), [&](int64_t begin, int64_t end) {
+      run_for_isa<BackwardRows<scalar_t>>(&a, begin, end);
+    });
+  });
+  return grad_x;
+}
+
+}  // namespace brainseg

@@ -1,0 +1,110 @@
+"""Benchmark the fused resampling kernels of UNeXt against the PyTorch compositions they replace.
+
+Times, at the shapes one batch of UNeXt meets (batch 8 of 256x256 images, the paper's widths),
+
+* ``upsample2x_relu`` (the five decoder steps: 2x bilinear upsampling, ReLU, skip addition) and
+* ``max_pool2x2_relu`` (the three encoder steps: 2x2 max pooling, ReLU),
+
+each as the fused kernel (:mod:`brainseg.layers.upsample`, :mod:`brainseg.layers.max_pool`) and as
+the composition (``*_reference``), forward without gradients and forward + backward, in float32 and
+bfloat16, on channels-last tensors, with glibc's malloc tuned as in training. Results are checked to agree before timing; timing is the
+median of interleaved repetitions after warm-up (:mod:`brainseg.utils.benchmark`).
+
+Usage::
+
+    python tools/benchmark.py resampling [--threads 2] [--repeats 20] [--warmup 3]
+"""
+import argparse
+import os
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..utils.benchmark import benchmark, cpu_model_name, format_table
+from ..utils.malloc import tune_glibc_malloc
+from .max_pool import max_pool2x2_relu, max_pool2x2_relu_reference
+from .ms_deform_attn_function import extension_status
+from .upsample import upsample2x_relu, upsample2x_relu_reference
+
+# (x shape, with a skip): UNeXt's decoder inputs, deepest first, and its encoder pooling inputs
+UPSAMPLE_SHAPES = [((8, 160, 8, 8), True), ((8, 128, 16, 16), True), ((8, 32, 32, 32), True),
+                   ((8, 16, 64, 64), True), ((8, 16, 128, 128), False)]
+POOL_SHAPES = [(8, 16, 256, 256), (8, 32, 128, 128), (8, 128, 64, 64)]
+Case = Tuple[Callable, Tuple[Optional[torch.Tensor], ...], torch.Tensor]  # (op, inputs, upstream grad)
+
+
+def _channels_last(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def make_cases(dtype: torch.dtype) -> Dict[str, List[Tuple[Tuple[Optional[torch.Tensor], ...], torch.Tensor]]]:
+    """Per op name, its (inputs, upstream gradient) at every UNeXt stage."""
+    generator = torch.Generator().manual_seed(0)
+    upsample = []
+    for (n, c, h, w), with_skip in UPSAMPLE_SHAPES:
+        x = _channels_last(n, c, h, w, dtype=dtype, generator=generator)
+        skip = _channels_last(n, c, 2 * h, 2 * w, dtype=dtype, generator=generator) if with_skip else None
+        upsample.append(((x, skip), _channels_last(n, c, 2 * h, 2 * w, dtype=dtype, generator=generator)))
+    pool = [((_channels_last(n, c, h, w, dtype=dtype, generator=generator),),
+             _channels_last(n, c, h // 2, w // 2, dtype=dtype, generator=generator)) for n, c, h, w in POOL_SHAPES]
+    return {"upsample2x_relu": upsample, "max_pool2x2_relu": pool}
+
+
+def forward_fn(op: Callable, cases) -> Callable[[], List[torch.Tensor]]:
+    """All stages' forward without gradients."""
+    def run():
+        with torch.no_grad():
+            return [op(*inputs) for inputs, _ in cases]
+    return run
+
+
+def forward_backward_fn(op: Callable, cases) -> Callable[[], List[torch.Tensor]]:
+    """All stages' forward and backward; returns the input gradients."""
+    leaves = [tuple(None if t is None else t.detach().clone().requires_grad_() for t in inputs)
+              for inputs, _ in cases]
+
+    def run():
+        grads = []
+        for inputs, (_, upstream) in zip(leaves, cases):
+            wrt = [t for t in inputs if t is not None]
+            grads += torch.autograd.grad(op(*inputs), wrt, upstream)
+        return grads
+    return run
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/benchmark.py resampling``: prints the tables; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    status = extension_status()
+    if not status["cpu"]:
+        print(f"brainseg._C is not built ({status['error']}): run `make install` first", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    malloc_tuned = tune_glibc_malloc()  # as training and the model benchmark run
+    ops = {"upsample2x_relu": (upsample2x_relu, upsample2x_relu_reference),
+           "max_pool2x2_relu": (max_pool2x2_relu, max_pool2x2_relu_reference)}
+    load_before = os.getloadavg()[0]
+    print(f"CPU: {cpu_model_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"UNeXt's shapes for a batch of 8 x 256x256 (all stages per call), channels-last; median of "
+          f"{args.repeats} interleaved repetitions after {args.warmup} warm-up runs; {status['cpu_isa']} kernels; "
+          f"glibc malloc tuned: {malloc_tuned}")
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, cases in make_cases(dtype).items():
+            fused, composition = ops[name]
+            for label, make_fn in (("forward", forward_fn), ("forward+backward", forward_backward_fn)):
+                fns = {"fused": make_fn(fused, cases), "composition": make_fn(composition, cases)}
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                for ours, theirs in zip(fns["fused"](), fns["composition"]()):
+                    if not torch.allclose(ours.float(), theirs.float(), rtol=tol, atol=tol):
+                        print(f"{name} {label} ({dtype}) disagrees with the composition", file=sys.stderr)
+                        return 1
+                timings = benchmark(fns, warmup=args.warmup, repeats=args.repeats)
+                print(f"\n{name}, {str(dtype).replace('torch.', '')}, {label}\n")
+                print(format_table(timings, baseline="composition"))
+    print(f"\nload average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    return 0

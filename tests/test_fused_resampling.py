@@ -1,0 +1,207 @@
+"""The fused resampling kernels of UNeXt (brainseg.layers.upsample2x_relu, max_pool2x2_relu): the
+same values and gradients as the PyTorch compositions they replace, on every instruction-set
+variant, and the fallbacks where the kernels do not apply."""
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainseg.layers import (
+    extension_status,
+    max_pool2x2_relu,
+    max_pool2x2_relu_reference,
+    upsample2x_relu,
+    upsample2x_relu_reference,
+)
+from brainseg.modeling.nets import UNeXt
+
+pytestmark = pytest.mark.skipif(not extension_status()["cpu"], reason="brainseg._C is not built")
+_C = pytest.importorskip("brainseg._C")
+
+CL = torch.channels_last
+# (dtype, tolerance): bf16 is computed in float and rounded once, the composition rounds twice
+TOLERANCES = [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)]
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=CL)
+
+
+def _value_and_grads(op, inputs, upstream):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    out = op(*leaves)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], upstream)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("dtype,tol", TOLERANCES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 16, 8, 8), (2, 1, 1, 1), (1, 33, 4, 3)])
+@pytest.mark.parametrize("with_skip", [False, True])
+def test_upsample2x_relu_matches_composition(dtype, tol, shape, with_skip):
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    x = _cl(torch.randn(shape, dtype=dtype))
+    skip = _cl(torch.randn(n, c, 2 * h, 2 * w, dtype=dtype)) if with_skip else None
+    upstream = _cl(torch.randn(n, c, 2 * h, 2 * w, dtype=dtype))
+    ours, our_grads = _value_and_grads(upsample2x_relu, (x, skip), upstream)
+    ref, ref_grads = _value_and_grads(upsample2x_relu_reference, (x, skip), upstream)
+    assert ours.shape == (n, c, 2 * h, 2 * w) and ours.dtype == dtype and ours.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert (upsample2x_relu_reference(x) == 0).any() or x.numel() < 4  # the ReLU cuts somewhere
+
+
+def test_upsample2x_relu_gradcheck_double():
+    torch.manual_seed(1)
+    x = _cl(torch.randn(2, 3, 4, 5, dtype=torch.float64)).requires_grad_()
+    skip = _cl(torch.randn(2, 3, 8, 10, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(upsample2x_relu, (x, skip))
+    assert torch.autograd.gradcheck(upsample2x_relu, (x,))
+
+
+def test_upsample2x_relu_promotes_mixed_dtypes_and_falls_back_on_nchw():
+    torch.manual_seed(2)
+    x, skip = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 12, 12)
+    expected = upsample2x_relu_reference(x, skip)
+    mixed = upsample2x_relu(_cl(x).bfloat16(), _cl(skip))  # as under bf16 autocast: promoted to float32
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, expected, rtol=2e-2, atol=2e-2)
+    assert torch.equal(upsample2x_relu(x, skip), expected)  # NCHW: the composition itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; export still uses it
+        traced = torch.jit.trace(lambda t: upsample2x_relu(t), _cl(x))  # traced graphs get the composition
+    assert "brainseg" not in str(traced.graph) and "upsample_bilinear2d" in str(traced.graph)
+
+
+def test_upsample2x_relu_kernel_rejects_bad_input_with_a_clear_message():
+    x = _cl(torch.randn(1, 2, 3, 3))
+    with pytest.raises(RuntimeError, match="x must be channels-last contiguous"):
+        _C.upsample2x_relu_forward(torch.randn(1, 2, 3, 3), None)
+    with pytest.raises(RuntimeError, match=r"skip must be \(N, C, 2H, 2W\)"):
+        _C.upsample2x_relu_forward(x, _cl(torch.randn(1, 2, 6, 5)))
+    with pytest.raises(RuntimeError, match="grad_output must have x's dtype"):
+        _C.upsample2x_relu_backward(x, _cl(torch.randn(1, 2, 6, 6, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 16, 8, 8), (3, 5, 9, 4), (1, 2, 2, 2)])
+def test_max_pool2x2_relu_equals_composition_exactly(dtype, shape):
+    """Same values and gradients bit for bit: ties (first maximum wins), zeros (ReLU' = 0) and
+    NaNs as PyTorch, odd sizes (the last row/column gets no gradient)."""
+    torch.manual_seed(3)
+    x = torch.randn(shape, dtype=dtype)
+    x[..., ::3, ::2] = 0.0  # windows tying at 0 and between zeros
+    x[0, 0, 0, 0] = float("nan")
+    x = _cl(x)
+    upstream = torch.randn_like(max_pool2x2_relu_reference(x))
+    ours, (our_grad,) = _value_and_grads(max_pool2x2_relu, (x,), upstream)
+    ref, (ref_grad,) = _value_and_grads(max_pool2x2_relu_reference, (x,), upstream)
+    assert ours.shape == ref.shape and ours.is_contiguous(memory_format=CL)
+    assert torch.equal(ours, ref) or torch.equal(ours.isnan(), ref.isnan()) and torch.equal(
+        ours.nan_to_num(), ref.nan_to_num())
+    assert ours[0, 0, 0, 0].isnan()
+    assert torch.equal(our_grad, ref_grad)
+
+
+def test_max_pool2x2_relu_gradcheck_double_and_no_grad_path():
+    torch.manual_seed(4)
+    # distinct values (a permutation, shifted to both signs) so that the derivative has no ties
+    x = _cl((torch.randperm(2 * 3 * 6 * 8).double().reshape(2, 3, 6, 8) - 100) / 10).requires_grad_()
+    assert torch.autograd.gradcheck(max_pool2x2_relu, (x,))
+    with torch.no_grad():  # no gradient codes are written then
+        assert torch.equal(max_pool2x2_relu(x), max_pool2x2_relu_reference(x))
+    with pytest.raises(RuntimeError, match="Output size is too small"):  # PyTorch's own error below 2x2
+        max_pool2x2_relu(_cl(torch.randn(1, 4, 1, 5)))
+
+
+def test_max_pool2x2_relu_kernel_rejects_bad_input_with_a_clear_message():
+    with pytest.raises(RuntimeError, match="x must be channels-last contiguous"):
+        _C.max_pool2x2_relu_forward(torch.randn(1, 2, 4, 4), True)
+    g = _cl(torch.randn(1, 2, 2, 2))
+    with pytest.raises(RuntimeError, match="code must be uint8"):
+        _C.max_pool2x2_relu_backward(g, g, 4, 4)
+    with pytest.raises(RuntimeError, match=r"must be \(N, C, H/2, W/2\)"):
+        _C.max_pool2x2_relu_backward(g, _cl(torch.zeros(1, 2, 2, 2, dtype=torch.uint8)), 6, 4)
+
+
+def test_unext_fused_and_unfused_paths_agree():
+    """A UNeXt in channels-last (fused kernels) and in NCHW (PyTorch compositions): same logits and
+    parameter gradients in training mode, to float32 rounding."""
+    torch.manual_seed(5)
+    net = UNeXt(conv_channels=(4, 8, 16), token_channels=(16, 24))
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for memory_format in (torch.contiguous_format, CL):
+        net.zero_grad()
+        net.to(memory_format=memory_format).train()
+        logits = net(x.contiguous(memory_format=memory_format))
+        (logits.square().mean()).backward()
+        results.append((logits.detach(), [p.grad.clone() for p in net.parameters()]))
+    (ref, ref_grads), (ours, our_grads) = results
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ops_pass_torch_library_checks():
+    """Schema, fake-tensor and autograd registrations are consistent (what torch.compile relies on)."""
+    torch.manual_seed(6)
+    x = _cl(torch.randn(2, 3, 4, 6)).requires_grad_()
+    skip = _cl(torch.randn(2, 3, 8, 12)).requires_grad_()
+    torch.library.opcheck(torch.ops.brainseg.upsample2x_relu.default, (x, skip))
+    torch.library.opcheck(torch.ops.brainseg.max_pool2x2_relu.default, (x, True))
+
+
+_ISA_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from test_fused_resampling import all_results
+from brainseg.layers import extension_status
+torch.save({"isa": extension_status()["cpu_isa"], "results": all_results(torch.load(sys.argv[1]))}, sys.argv[2])
+"""
+
+
+def all_results(inputs):
+    """Values and gradients of both fused ops for the given inputs (float32 and bfloat16)."""
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x, skip, upstream, pool_x = (_cl(t.to(dtype)) for t in inputs)
+        results += [*_value_and_grads(upsample2x_relu, (x, skip), upstream)[:1],
+                    *_value_and_grads(upsample2x_relu, (x, skip), upstream)[1]]
+        pooled, (pool_grad,) = _value_and_grads(max_pool2x2_relu, (pool_x,), upstream[:, :, :4, :6])
+        results += [pooled, pool_grad]
+    return results
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_instruction_set_variants_agree(tmp_path, capability):
+    """Each kernel is compiled per instruction set and picked like PyTorch's own (ATEN_CPU_CAPABILITY):
+    every variant gives the same values and gradients (to rounding: FMA contracts differently)."""
+    torch.manual_seed(7)
+    inputs = (torch.randn(2, 16, 5, 7), torch.randn(2, 16, 10, 14), torch.randn(2, 16, 10, 14),
+              torch.randn(2, 16, 8, 13))
+    torch.save(inputs, tmp_path / "in.pt")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
+                    str(Path(__file__).parent)], env=env, check=True, timeout=120)
+    theirs = torch.load(tmp_path / "out.pt")
+    assert theirs["isa"] in (capability, "default")
+    for a, b in zip(theirs["results"], all_results(inputs)):
+        tol = 1e-5 if a.dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_resampling_benchmark_checks_agreement_and_prints_tables(capsys):
+    from brainseg.layers import resampling_benchmark
+
+    assert resampling_benchmark.main(["--threads", "1", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    for title in ("upsample2x_relu, float32, forward", "max_pool2x2_relu, bfloat16, forward+backward"):
+        assert title in out
+    assert out.count("| fused |") == 8 and out.count("| composition |") == 8

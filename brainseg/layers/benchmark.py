@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..utils.benchmark import benchmark, cpu_model_name, format_table
+from .extension import missing_extension_message
 from .ms_deform_attn_function import extension_status, ms_deform_attn, ms_deform_attn_pytorch
 
 CASES: Dict[str, List[Tuple[int, int]]] = {
@@ -95,10 +96,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--points", type=int, default=4)
     args = parser.parse_args(argv)
 
-    status = extension_status()
-    if not status["cpu"]:
-        print(f"brainseg._C is not built ({status['error']}): run `make install` first", file=sys.stderr)
+    missing = missing_extension_message()
+    if missing:
+        print(missing, file=sys.stderr)
         return 1
+    status = extension_status()
     torch.set_num_threads(args.threads)
     ops: Dict[str, OpFn] = {"ours": ms_deform_attn, "pytorch": ms_deform_attn_pytorch}
     peer = load_peer()

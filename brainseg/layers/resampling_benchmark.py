@@ -23,6 +23,7 @@ import torch
 
 from ..utils.benchmark import benchmark, cpu_model_name, format_table
 from ..utils.malloc import tune_glibc_malloc
+from .extension import missing_extension_message
 from .max_pool import max_pool2x2_relu, max_pool2x2_relu_reference
 from .ms_deform_attn_function import extension_status
 from .upsample import upsample2x_relu, upsample2x_relu_reference
@@ -31,7 +32,6 @@ from .upsample import upsample2x_relu, upsample2x_relu_reference
 UPSAMPLE_SHAPES = [((8, 160, 8, 8), True), ((8, 128, 16, 16), True), ((8, 32, 32, 32), True),
                    ((8, 16, 64, 64), True), ((8, 16, 128, 128), False)]
 POOL_SHAPES = [(8, 16, 256, 256), (8, 32, 128, 128), (8, 128, 64, 64)]
-Case = Tuple[Callable, Tuple[Optional[torch.Tensor], ...], torch.Tensor]  # (op, inputs, upstream grad)
 
 
 def _channels_last(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -80,10 +80,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
-    status = extension_status()
-    if not status["cpu"]:
-        print(f"brainseg._C is not built ({status['error']}): run `make install` first", file=sys.stderr)
+    missing = missing_extension_message()
+    if missing:
+        print(missing, file=sys.stderr)
         return 1
+    status = extension_status()
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_glibc_malloc()  # as training and the model benchmark run
     ops = {"upsample2x_relu": (upsample2x_relu, upsample2x_relu_reference),

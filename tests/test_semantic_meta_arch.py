@@ -159,6 +159,9 @@ def test_instances_threshold_and_empty_map():
     assert len(probabilities_to_instances(probs)) == 0
     empty = probabilities_to_instances(probs)
     assert empty.pred_masks.shape == (0, 8, 9) and empty.pred_boxes.tensor.shape == (0, 4)
+    # the same types as a map with components (the empty map skips the labelling pass)
+    assert (empty.pred_masks.dtype, empty.pred_boxes.tensor.dtype, empty.scores.dtype, empty.pred_classes.dtype) == (
+        torch.bool, torch.float32, torch.float32, torch.int64)
     everything = probabilities_to_instances(probs, threshold=0.3)
     assert len(everything) == 1
     torch.testing.assert_close(everything.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 9.0, 8.0]]))

@@ -139,9 +139,9 @@ class BrainSegSemantic(nn.Module):
         stride = self.size_divisibility
         height, width = (-(-max(size[i] for size in sizes) // stride) * stride for i in (0, 1))
         shape = (len(raw), raw[0].shape[0], height, width)
-        padded = any(size != (height, width) for size in sizes)
-        batch = (torch.zeros if padded else torch.empty)(
-            shape, dtype=torch.float32, device=self.device).contiguous(memory_format=self.memory_format)
+        batch = torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=self.memory_format)
+        if any(size != (height, width) for size in sizes):
+            batch.zero_()
         for image, place in zip(raw, batch):
             place = place[:, : image.shape[-2], : image.shape[-1]]
             torch.sub(image, self.pixel_mean, out=place)

@@ -107,10 +107,17 @@ def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = DEFAUL
     height, width = probs.shape
     probs_cpu = probs.detach().float().cpu()
     probs_np = probs_cpu.numpy()
-    mask = tumour_mask(probs_cpu, threshold).numpy().astype(np.uint8)
-    num_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    mask = tumour_mask(probs_cpu, threshold).numpy().view(np.uint8)
+    if mask.any():
+        num_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    else:  # no tumour pixel (most slices): no labelling pass
+        num_labels, labels, stats = 1, np.zeros(mask.shape, dtype=np.int32), np.zeros((1, 5), dtype=np.int32)
+    # per-component sums over the foreground pixels only (the same additions, in the same order, as
+    # over all pixels: background pixels only feed label 0)
+    foreground = np.flatnonzero(mask)
+    foreground_labels = labels.ravel()[foreground]
     areas = stats[1:, cv2.CC_STAT_AREA]
-    sums = np.bincount(labels.ravel(), weights=probs_np.ravel(), minlength=num_labels)[1:]
+    sums = np.bincount(foreground_labels, weights=probs_np.ravel()[foreground], minlength=num_labels)[1:]
     scores = torch.from_numpy(sums / np.maximum(areas, 1)).float()
     order = torch.argsort(scores, descending=True)
     left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
@@ -120,9 +127,8 @@ def probabilities_to_instances(probs: torch.Tensor, *, threshold: float = DEFAUL
     # (O(H * W), where comparing the label map with every component id costs O(K * H * W))
     rank = np.empty(num_labels, dtype=np.int64)
     rank[1 + order.numpy()] = np.arange(num_labels - 1)
-    foreground = np.flatnonzero(labels)
     masks = torch.zeros((num_labels - 1, height * width), dtype=torch.bool)
-    masks[torch.from_numpy(rank[labels.ravel()[foreground]]), torch.from_numpy(foreground)] = True
+    masks[torch.from_numpy(rank[foreground_labels]), torch.from_numpy(foreground)] = True
     masks = masks.view(num_labels - 1, height, width)
 
     device = probs.device

@@ -75,7 +75,8 @@ def test_upsample2x_relu_promotes_mixed_dtypes_and_falls_back_on_nchw():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; export still uses it
         traced = torch.jit.trace(lambda t: upsample2x_relu(t), _cl(x))  # traced graphs get the composition
-    assert "brainseg" not in str(traced.graph) and "upsample_bilinear2d" in str(traced.graph)
+    kinds = {node.kind() for node in traced.graph.nodes()}
+    assert "aten::upsample_bilinear2d" in kinds and "prim::PythonOp" not in kinds  # (a traced Function)
 
 
 def test_upsample2x_relu_kernel_rejects_bad_input_with_a_clear_message():
@@ -148,13 +149,15 @@ def test_unext_fused_and_unfused_paths_agree():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_ops_pass_torch_library_checks():
-    """Schema, fake-tensor and autograd registrations are consistent (what torch.compile relies on)."""
-    torch.manual_seed(6)
-    x = _cl(torch.randn(2, 3, 4, 6)).requires_grad_()
-    skip = _cl(torch.randn(2, 3, 8, 12)).requires_grad_()
-    torch.library.opcheck(torch.ops.brainseg.upsample2x_relu.default, (x, skip))
-    torch.library.opcheck(torch.ops.brainseg.max_pool2x2_relu.default, (x, True))
+def test_first_call_imports_no_compiler():
+    """The fused ops are plain autograd functions: calling them does not import torch._dynamo (a
+    torch.library custom op does, 0.8 s at the first call of every process)."""
+    script = ("import sys, torch; from brainseg.layers import upsample2x_relu, max_pool2x2_relu; "
+              "x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(); "
+              "(upsample2x_relu(x).sum() + max_pool2x2_relu(x).sum()).backward(); "
+              "print('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "False"
 
 
 _ISA_SCRIPT = """

@@ -14,6 +14,7 @@ from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .extension import C_EXTENSION
 
@@ -68,42 +69,22 @@ def max_pool2x2_relu_reference(x: torch.Tensor) -> torch.Tensor:
     return F.relu(F.max_pool2d(x, 2), inplace=True)
 
 
-if C_EXTENSION is not None:
+class _MaxPool2x2ReLU(torch.autograd.Function):
+    """The fused kernel with its backward (a channels-last CPU tensor)."""
 
-    @torch.library.custom_op("brainseg::max_pool2x2_relu", mutates_args=())
-    def _fused(x: torch.Tensor, with_code: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, with_code: bool) -> torch.Tensor:
         out, code = C_EXTENSION.max_pool2x2_relu_forward(x, with_code)
-        return out, code
-
-    @_fused.register_fake
-    def _(x, with_code):
-        n, c, h, w = x.shape
-        out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        code = torch.empty_like(out, dtype=torch.uint8) if with_code else x.new_empty((0,), dtype=torch.uint8)
-        return out, code
-
-    @torch.library.custom_op("brainseg::max_pool2x2_relu_backward", mutates_args=())
-    def _fused_backward(grad_output: torch.Tensor, code: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return C_EXTENSION.max_pool2x2_relu_backward(grad_output, code, height, width)
-
-    @_fused_backward.register_fake
-    def _(grad_output, code, height, width):
-        n, c = grad_output.shape[:2]
-        return torch.empty((n, c, height, width), dtype=grad_output.dtype, device=grad_output.device,
-                           memory_format=torch.channels_last)
-
-    def _setup_context(ctx, inputs, output):
-        x, _ = inputs
-        ctx.save_for_backward(output[1])
+        ctx.save_for_backward(code)
         ctx.input_size = tuple(x.shape[-2:])
-        ctx.mark_non_differentiable(output[1])
+        return out
 
-    def _backward(ctx, grad_output, _grad_code):
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
         (code,) = ctx.saved_tensors  # x required grad, so the forward wrote the codes
         grad_output = grad_output.contiguous(memory_format=torch.channels_last)
-        return _fused_backward(grad_output, code, *ctx.input_size), None
-
-    _fused.register_autograd(_backward, setup_context=_setup_context)
+        return C_EXTENSION.max_pool2x2_relu_backward(grad_output, code, *ctx.input_size), None
 
 
 def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +96,8 @@ def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
     (which input the gradient flows to) instead of PyTorch's int64 indices. Values and gradients
     equal PyTorch's exactly, ties (the first maximum in the window wins) and NaNs included.
     Elsewhere (CUDA, NCHW, traced or exported graphs, no extension) it is
-    :func:`max_pool2x2_relu_reference`. The fused op is a ``torch.library`` custom op
-    (``brainseg::max_pool2x2_relu``), so ``torch.compile`` keeps it in its graph.
+    :func:`max_pool2x2_relu_reference`. The fused op is an autograd function, like
+    :func:`~brainseg.layers.upsample.upsample2x_relu`.
 
     Args:
         x: (N, C, H, W) floating tensor.
@@ -135,5 +116,4 @@ def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
         and min(x.shape[-2:]) >= 2  # (smaller: PyTorch's error about the empty output)
     ):
         return max_pool2x2_relu_reference(x)
-    out, _ = _fused(x, torch.is_grad_enabled() and x.requires_grad)
-    return out
+    return _MaxPool2x2ReLU.apply(x, torch.is_grad_enabled() and x.requires_grad)

@@ -9,8 +9,9 @@ On a channels-last CPU tensor (what brainseg's nets run by default) it runs one 
 rectified intermediates of the unfused version, four times the size of x, are never stored, and
 the backward recomputes the ReLU mask from x instead of keeping them. Elsewhere (CUDA, NCHW
 tensors, integer dtypes, no extension, TorchScript tracing and ONNX export) it is the unfused
-PyTorch composition :func:`upsample2x_relu_reference`. The fused op is a ``torch.library`` custom op
-(``brainseg::upsample2x_relu``), so ``torch.compile`` keeps it in its graph.
+PyTorch composition :func:`upsample2x_relu_reference`. The fused op is an autograd function
+(``torch.compile`` runs it eagerly, between graphs); a ``torch.library`` custom op would keep it in
+the graph, but its first call imports ``torch._dynamo`` (0.8 s per process).
 
 bf16/fp16 inputs are computed in float32 and rounded once (the unfused version rounds after the
 upsampling and again after the addition), so the two differ by at most a rounding of the output
@@ -20,6 +21,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 from .extension import C_EXTENSION
 
@@ -39,35 +43,22 @@ def _upsampled_shape(x: torch.Tensor) -> tuple:
     return n, c, 2 * h, 2 * w
 
 
-if C_EXTENSION is not None:
+class _Upsample2xReLU(Function):
+    """The fused kernel with its backward (channels-last CPU tensors of one dtype)."""
 
-    @torch.library.custom_op("brainseg::upsample2x_relu", mutates_args=())
-    def _fused(x: torch.Tensor, skip: Optional[torch.Tensor]) -> torch.Tensor:
-        return C_EXTENSION.upsample2x_relu_forward(x, skip)
-
-    @_fused.register_fake
-    def _(x, skip):
-        return torch.empty(_upsampled_shape(x), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-
-    @torch.library.custom_op("brainseg::upsample2x_relu_backward", mutates_args=())
-    def _fused_backward(x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        return C_EXTENSION.upsample2x_relu_backward(x, grad_output)
-
-    @_fused_backward.register_fake
-    def _(x, grad_output):
-        return torch.empty_like(x, memory_format=torch.channels_last)
-
-    def _setup_context(ctx, inputs, output):
-        x, skip = inputs
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, skip: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.has_skip = skip is not None
+        return C_EXTENSION.upsample2x_relu_forward(x, skip)
 
-    def _backward(ctx, grad_output):
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
         (x,) = ctx.saved_tensors
         grad_output = grad_output.contiguous(memory_format=torch.channels_last)
-        return _fused_backward(x, grad_output), grad_output if ctx.has_skip else None
-
-    _fused.register_autograd(_backward, setup_context=_setup_context)
+        grad_x = C_EXTENSION.upsample2x_relu_backward(x, grad_output) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_output if ctx.has_skip and ctx.needs_input_grad[1] else None
 
 
 def _kernel_applies(x: torch.Tensor, skip: Optional[torch.Tensor]) -> bool:
@@ -104,4 +95,4 @@ def upsample2x_relu(x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> tor
         dtype = torch.promote_types(x.dtype, skip.dtype)
         x = x.to(dtype)
         skip = skip.to(dtype).contiguous(memory_format=torch.channels_last)
-    return _fused(x, skip)
+    return _Upsample2xReLU.apply(x, skip)

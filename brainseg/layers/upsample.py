@@ -63,7 +63,7 @@ class _Upsample2xReLU(Function):
 
 def _kernel_applies(x: torch.Tensor, skip: Optional[torch.Tensor]) -> bool:
     """Whether the fused kernel serves these inputs (else the unfused composition runs). Traced
-    and exported graphs (TorchScript, ONNX) get the composition: they cannot hold the custom op."""
+    and exported graphs (TorchScript, ONNX) get the composition: they cannot hold the fused kernel."""
     return (
         C_EXTENSION is not None
         and not torch.jit.is_tracing()

@@ -28,6 +28,7 @@ from brainseg.evaluation import (
     seed_iou_dice,
     surface_metrics,
 )
+from brainseg.utils.workers import end_finished_worker
 
 SIZE = 32
 
@@ -440,6 +441,7 @@ def _evaluate_in_two_processes(records, outputs, result_prefix, options):
         comm.synchronize()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    end_finished_worker()  # as train_net's workers end
 
 
 def test_two_processes_equal_one_process(tmp_path):

@@ -26,7 +26,6 @@ per-slice probabilities to probabilities/ (see :mod:`brainseg.evaluation.saved_p
 import json
 import logging
 import math
-import multiprocessing
 import os
 import sys
 from typing import Optional, Sequence
@@ -56,6 +55,7 @@ from brainseg.utils.config import load_config, resolve_device
 from brainseg.utils.errors import UserError
 from brainseg.utils.io import atomic_write
 from brainseg.utils.malloc import tune_glibc_malloc
+from brainseg.utils.workers import end_finished_worker
 from brainseg.utils.precision import PrecisionPolicy
 from brainseg.utils.workers import WatchedLoader, make_opencv_fork_safe
 from brainseg.visualization.calibration_plot import save_reliability_diagram
@@ -386,27 +386,7 @@ def run(args) -> None:
         if distributed:
             dist.destroy_process_group()
     if distributed:
-        _end_finished_worker()
-
-
-def _end_finished_worker() -> None:
-    """End a worker process of a multi-process run that finished its work (results, checkpoints
-    and logs written, process group torn down) without the interpreter's finalization.
-
-    On 2 CPU cores a finished rank sometimes died at exit with "terminate called without an active
-    exception" (SIGABRT, hence a failed run) after writing everything: seen in about 1 of 10 runs
-    of the 2-process tests, not reproduced on demand, cause not pinned down. That message is what
-    C++ prints when the teardown meets a thread that is still running or not joined, which happens
-    only during finalization; a finished worker has nothing left to finalize but its logs and any
-    data-loader worker processes still alive (stopped here, as finalization would).
-    """
-    for child in multiprocessing.active_children():
-        child.terminate()
-        child.join()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        end_finished_worker()
 
 
 def parse_args(argv=None):

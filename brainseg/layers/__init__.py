@@ -1,8 +1,20 @@
 """Layers with custom kernels: multi-scale deformable attention (C++/CUDA in ``csrc``), the fused
 2x bilinear upsampling + ReLU of UNeXt's decoder and the fused 2x2 max pooling + ReLU of its
 encoder (C++ in ``csrc``), and max pooling on the faster CPU kernel."""
-from .max_pool import max_pool2d, max_pool2x2_relu, max_pool2x2_relu_reference
-from .upsample import upsample2x_relu, upsample2x_relu_reference
+from .max_pool import (
+    batch_norm_max_pool2x2_relu,
+    conv3x3_max_pool2x2_relu,
+    conv3x3_max_pool2x2_relu_reference,
+    max_pool2d,
+    max_pool2x2_relu,
+    max_pool2x2_relu_reference,
+)
+from .upsample import (
+    upsample2x_relu,
+    upsample2x_relu_conv1x1,
+    upsample2x_relu_conv1x1_reference,
+    upsample2x_relu_reference,
+)
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_function import (
     MSDeformAttnFunction,
@@ -15,11 +27,16 @@ __all__ = [
     "MSDeformAttn",
     "MSDeformAttnFunction",
     "extension_status",
+    "batch_norm_max_pool2x2_relu",
+    "conv3x3_max_pool2x2_relu",
+    "conv3x3_max_pool2x2_relu_reference",
     "max_pool2d",
     "max_pool2x2_relu",
     "max_pool2x2_relu_reference",
     "ms_deform_attn",
     "ms_deform_attn_pytorch",
     "upsample2x_relu",
+    "upsample2x_relu_conv1x1",
+    "upsample2x_relu_conv1x1_reference",
     "upsample2x_relu_reference",
 ]

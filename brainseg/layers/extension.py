@@ -3,7 +3,9 @@ import importlib
 from types import ModuleType
 from typing import Optional, Tuple
 
-__all__ = ["C_EXTENSION", "C_IMPORT_ERROR", "missing_extension_message"]
+import torch
+
+__all__ = ["C_EXTENSION", "C_IMPORT_ERROR", "FUSED_CPU_DTYPES", "missing_extension_message", "fused_cpu_kernel_serves"]
 
 
 def _load_extension() -> Tuple[Optional[ModuleType], Optional[str]]:
@@ -22,3 +24,25 @@ def missing_extension_message() -> Optional[str]:
     if C_EXTENSION is not None:
         return None
     return f"brainseg._C is not built ({C_IMPORT_ERROR}): run `make install` first"
+
+
+# dtypes the fused channels-last CPU kernels (upsampling, pooling) are compiled for
+FUSED_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def fused_cpu_kernel_serves(x: torch.Tensor) -> bool:
+    """Whether a fused channels-last CPU kernel of ``brainseg._C`` can take ``x`` (else the layer
+    runs its PyTorch composition): the extension is built, x is a channels-last contiguous 4-D CPU
+    tensor of a :data:`FUSED_CPU_DTYPES` dtype, and no graph is being traced or exported
+    (TorchScript, ONNX: they cannot hold the kernel) or compiled (``torch.compile`` fuses the
+    composition itself; the kernel would split its graph)."""
+    return (
+        C_EXTENSION is not None
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in FUSED_CPU_DTYPES
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )

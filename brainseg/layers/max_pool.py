@@ -1,5 +1,8 @@
 """Max pooling on fast CPU kernels: :func:`max_pool2d` (PyTorch's channels-last forward kernel for
-NCHW tensors) and :func:`max_pool2x2_relu` (2x2 pooling fused with a ReLU, C++ in ``brainseg._C``).
+NCHW tensors) and, C++ in ``brainseg._C``, the 2x2 pooling + ReLU of UNeXt's encoder fused with what
+surrounds it: alone (:func:`max_pool2x2_relu`), after a training-mode batch norm
+(:func:`batch_norm_max_pool2x2_relu`) and, for inference, after a 3x3 convolution with few input
+channels (:func:`conv3x3_max_pool2x2_relu`).
 
 :func:`max_pool2d`:
 
@@ -10,15 +13,27 @@ therefore pools in channels-last and hands the indices (flat positions within ea
 the same in either memory format) to the NCHW backward. Values and gradients are identical to
 ``F.max_pool2d``; on CUDA, or for tensors already in channels-last, it is ``F.max_pool2d``.
 """
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .extension import C_EXTENSION
+from .extension import C_EXTENSION, fused_cpu_kernel_serves
 
-__all__ = ["max_pool2d", "max_pool2x2_relu", "max_pool2x2_relu_reference"]
+__all__ = [
+    "max_pool2d",
+    "max_pool2x2_relu",
+    "max_pool2x2_relu_reference",
+    "batch_norm_max_pool2x2_relu",
+    "conv3x3_max_pool2x2_relu",
+    "conv3x3_max_pool2x2_relu_reference",
+]
+
+# Input channels up to which the direct convolution of conv3x3_max_pool2x2_relu pays: its cost grows
+# with them, while the stored convolution output it saves does not (UNeXt's first stage has 3).
+MAX_DIRECT_CONV_IN_CHANNELS = 8
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -87,6 +102,11 @@ class _MaxPool2x2ReLU(torch.autograd.Function):
         return C_EXTENSION.max_pool2x2_relu_backward(grad_output, code, *ctx.input_size), None
 
 
+def _kernel_applies(x: torch.Tensor) -> bool:
+    """Whether the fused pooling kernels serve ``x`` (else the PyTorch composition runs)."""
+    return fused_cpu_kernel_serves(x) and min(x.shape[-2:]) >= 2  # (smaller: PyTorch's error about the empty output)
+
+
 def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
     """``relu(F.max_pool2d(x, 2))``: the 2x2 max pooling (stride 2, floor mode) and ReLU of UNeXt's
     encoder conv stages, fused.
@@ -95,7 +115,7 @@ def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
     ``brainseg._C`` pools and rectifies in one pass and keeps, for the backward, one byte per output
     (which input the gradient flows to) instead of PyTorch's int64 indices. Values and gradients
     equal PyTorch's exactly, ties (the first maximum in the window wins) and NaNs included.
-    Elsewhere (CUDA, NCHW, traced or exported graphs, no extension) it is
+    Elsewhere (CUDA, NCHW, traced, compiled or exported graphs, no extension) it is
     :func:`max_pool2x2_relu_reference`. The fused op is an autograd function, like
     :func:`~brainseg.layers.upsample.upsample2x_relu`.
 
@@ -105,15 +125,120 @@ def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, C, H // 2, W // 2); channels-last when the fused kernel ran.
     """
-    if not (
-        C_EXTENSION is not None
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and min(x.shape[-2:]) >= 2  # (smaller: PyTorch's error about the empty output)
-    ):
+    if not _kernel_applies(x):
         return max_pool2x2_relu_reference(x)
     return _MaxPool2x2ReLU.apply(x, torch.is_grad_enabled() and x.requires_grad)
+
+
+class _BatchNormMaxPool2x2ReLU(torch.autograd.Function):
+    """Batch norm with batch statistics (PyTorch's kernel, which also updates the running
+    statistics), the fused pooling, and one fused backward for the three."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        out, code = C_EXTENSION.max_pool2x2_relu_forward(y, True)
+        ctx.save_for_backward(x, weight, mean, invstd, code)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x, weight, mean, invstd, code = ctx.saved_tensors
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
+        grad_x, grad_weight, grad_bias = C_EXTENSION.batch_norm_max_pool2x2_relu_backward(
+            grad_output, code, x, mean, invstd, weight
+        )
+        return (
+            grad_x if ctx.needs_input_grad[0] else None,
+            grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None,
+            None, None, None, None,
+        )
+
+
+def _momentum_of_this_batch(norm: nn.modules.batchnorm._BatchNorm) -> float:
+    """What ``nn.BatchNorm2d.forward`` does before normalising a training batch: count the batch
+    and return the weight of its statistics in the running ones (cumulative when momentum is None)."""
+    if norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            return 1.0 / float(norm.num_batches_tracked)
+    return 0.0 if norm.momentum is None else norm.momentum
+
+
+def batch_norm_max_pool2x2_relu(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """``relu(F.max_pool2d(norm(x), 2))``: UNeXt's encoder conv stage after its convolution.
+
+    In training (batch statistics) on a channels-last CPU tensor that needs gradients, the norm runs
+    PyTorch's kernel (running statistics updated as ``norm(x)`` would), the pooling and ReLU the
+    fused kernel of :func:`max_pool2x2_relu`, and the backward of all three is one C++ kernel: the
+    norm's output is not kept, and its gradient (zero except at each window's maximum) is never
+    formed. Otherwise it is ``max_pool2x2_relu(norm(x))``.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        norm: the batch norm (its running statistics and batch counter are updated in training).
+
+    Returns:
+        (N, C, H // 2, W // 2).
+    """
+    if not (
+        norm.training
+        and _kernel_applies(x)
+        and torch.is_grad_enabled()
+        and (x.requires_grad or (norm.weight is not None and norm.weight.requires_grad))
+    ):
+        return max_pool2x2_relu(norm(x))
+    momentum = _momentum_of_this_batch(norm)
+    return _BatchNormMaxPool2x2ReLU.apply(
+        x, norm.weight, norm.bias, norm.running_mean, norm.running_var, momentum, norm.eps
+    )
+
+
+def conv3x3_max_pool2x2_relu_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2))`` in plain PyTorch: what
+    :func:`conv3x3_max_pool2x2_relu` computes."""
+    return max_pool2x2_relu_reference(F.conv2d(x, weight, bias, padding=1))
+
+
+def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 3x3 convolution (stride 1, zero padding 1), 2x2 max pooling and ReLU: the encoder's first
+    stage of an inference net whose batch norm is folded into the convolution.
+
+    Without gradients, on a channels-last CPU tensor with at most
+    :data:`MAX_DIRECT_CONV_IN_CHANNELS` input channels, one C++ kernel computes each pooled output
+    from the input directly: the full-resolution convolution output (16 channels at 256x256 for
+    UNeXt: 32 MB a batch of 8 in float32), which costs more to write and read back than the few
+    multiply-adds per pixel, is never stored. Under autocast it runs in the autocast dtype, as
+    ``conv2d`` would. Otherwise (gradients, more channels, CUDA, NCHW, traced or exported graphs)
+    it is :func:`conv3x3_max_pool2x2_relu_reference`.
+
+    Args:
+        x: (N, Cin, H, W) floating tensor.
+        weight: (Cout, Cin, 3, 3).
+        bias: (Cout,) or None.
+
+    Returns:
+        (N, Cout, H // 2, W // 2).
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    if not (
+        _kernel_applies(x)
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad)))
+        and x.shape[1] <= MAX_DIRECT_CONV_IN_CHANNELS
+        and weight.dim() == 4
+        and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and weight.device.type == "cpu"
+    ):
+        return conv3x3_max_pool2x2_relu_reference(x, weight, bias)
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    return C_EXTENSION.conv3x3_max_pool2x2_relu_forward(x, weight, bias)

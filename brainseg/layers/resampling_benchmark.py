@@ -2,8 +2,11 @@
 
 Times, at the shapes one batch of UNeXt meets (batch 8 of 256x256 images, the paper's widths),
 
-* ``upsample2x_relu`` (the five decoder steps: 2x bilinear upsampling, ReLU, skip addition) and
-* ``max_pool2x2_relu`` (the three encoder steps: 2x2 max pooling, ReLU),
+* ``upsample2x_relu`` (the four decoder steps: 2x bilinear upsampling, ReLU, skip addition),
+* ``upsample2x_relu_conv1x1`` (the head: the same at full resolution, then the 1x1 logit conv),
+* ``max_pool2x2_relu`` (the three encoder steps: 2x2 max pooling, ReLU) and
+* ``batch_norm_max_pool2x2_relu`` (the same steps in training, with their batch norm; forward +
+  backward only: without gradients it is the composition),
 
 each as the fused kernel (:mod:`brainseg.layers.upsample`, :mod:`brainseg.layers.max_pool`) and as
 the composition (``*_reference``), forward without gradients and forward + backward, in float32 and
@@ -24,13 +27,19 @@ import torch
 from ..utils.benchmark import benchmark, cpu_model_name, format_table
 from ..utils.malloc import tune_glibc_malloc
 from .extension import missing_extension_message
-from .max_pool import max_pool2x2_relu, max_pool2x2_relu_reference
+from .max_pool import batch_norm_max_pool2x2_relu, max_pool2x2_relu, max_pool2x2_relu_reference
 from .ms_deform_attn_function import extension_status
-from .upsample import upsample2x_relu, upsample2x_relu_reference
+from .upsample import (
+    upsample2x_relu,
+    upsample2x_relu_conv1x1,
+    upsample2x_relu_conv1x1_reference,
+    upsample2x_relu_reference,
+)
 
 # (x shape, with a skip): UNeXt's decoder inputs, deepest first, and its encoder pooling inputs
 UPSAMPLE_SHAPES = [((8, 160, 8, 8), True), ((8, 128, 16, 16), True), ((8, 32, 32, 32), True),
-                   ((8, 16, 64, 64), True), ((8, 16, 128, 128), False)]
+                   ((8, 16, 64, 64), True)]
+HEAD_SHAPE = (8, 16, 128, 128)  # projected to 1 channel at 256x256
 POOL_SHAPES = [(8, 16, 256, 256), (8, 32, 128, 128), (8, 128, 64, 64)]
 
 
@@ -48,7 +57,22 @@ def make_cases(dtype: torch.dtype) -> Dict[str, List[Tuple[Tuple[Optional[torch.
         upsample.append(((x, skip), _channels_last(n, c, 2 * h, 2 * w, dtype=dtype, generator=generator)))
     pool = [((_channels_last(n, c, h, w, dtype=dtype, generator=generator),),
              _channels_last(n, c, h // 2, w // 2, dtype=dtype, generator=generator)) for n, c, h, w in POOL_SHAPES]
-    return {"upsample2x_relu": upsample, "max_pool2x2_relu": pool}
+    n, c, h, w = HEAD_SHAPE
+    head = [((_channels_last(n, c, h, w, dtype=dtype, generator=generator),
+              torch.randn(1, c, 1, 1, generator=generator).to(dtype), torch.zeros(1, dtype=dtype)),
+             _channels_last(n, 1, 2 * h, 2 * w, dtype=dtype, generator=generator))]
+    return {"upsample2x_relu": upsample, "upsample2x_relu_conv1x1": head, "max_pool2x2_relu": pool,
+            "batch_norm_max_pool2x2_relu": pool}
+
+
+def _with_batch_norm(pool: Callable) -> Callable:
+    """``x -> pool(x, norm)`` with a training-mode BatchNorm2d per channel count."""
+    norms: Dict[int, torch.nn.BatchNorm2d] = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        norm = norms.setdefault(x.shape[1], torch.nn.BatchNorm2d(x.shape[1]))
+        return pool(x, norm)
+    return run
 
 
 def forward_fn(op: Callable, cases) -> Callable[[], List[torch.Tensor]]:
@@ -88,7 +112,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_glibc_malloc()  # as training and the model benchmark run
     ops = {"upsample2x_relu": (upsample2x_relu, upsample2x_relu_reference),
-           "max_pool2x2_relu": (max_pool2x2_relu, max_pool2x2_relu_reference)}
+           "upsample2x_relu_conv1x1": (upsample2x_relu_conv1x1, upsample2x_relu_conv1x1_reference),
+           "max_pool2x2_relu": (max_pool2x2_relu, max_pool2x2_relu_reference),
+           "batch_norm_max_pool2x2_relu": (_with_batch_norm(batch_norm_max_pool2x2_relu),
+                                           _with_batch_norm(lambda x, norm: max_pool2x2_relu_reference(norm(x))))}
     load_before = os.getloadavg()[0]
     print(f"CPU: {cpu_model_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"UNeXt's shapes for a batch of 8 x 256x256 (all stages per call), channels-last; median of "
@@ -97,11 +124,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for dtype in (torch.float32, torch.bfloat16):
         for name, cases in make_cases(dtype).items():
             fused, composition = ops[name]
-            for label, make_fn in (("forward", forward_fn), ("forward+backward", forward_backward_fn)):
+            passes = (("forward", forward_fn), ("forward+backward", forward_backward_fn))
+            for label, make_fn in passes[1:] if name.startswith("batch_norm") else passes:
                 fns = {"fused": make_fn(fused, cases), "composition": make_fn(composition, cases)}
                 tol = 1e-5 if dtype == torch.float32 else 2e-2
                 for ours, theirs in zip(fns["fused"](), fns["composition"]()):
-                    if not torch.allclose(ours.float(), theirs.float(), rtol=tol, atol=tol):
+                    ours, theirs = ours.float(), theirs.float()  # (bf16: each rounds differently)
+                    if not torch.allclose(ours, theirs, rtol=tol, atol=tol * max(1.0, theirs.abs().max().item())):
                         print(f"{name} {label} ({dtype}) disagrees with the composition", file=sys.stderr)
                         return 1
                 timings = benchmark(fns, warmup=args.warmup, repeats=args.repeats)

@@ -25,11 +25,14 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .extension import C_EXTENSION
+from .extension import C_EXTENSION, FUSED_CPU_DTYPES, fused_cpu_kernel_serves
 
-__all__ = ["upsample2x_relu", "upsample2x_relu_reference"]
-
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+__all__ = [
+    "upsample2x_relu",
+    "upsample2x_relu_reference",
+    "upsample2x_relu_conv1x1",
+    "upsample2x_relu_conv1x1_reference",
+]
 
 
 def upsample2x_relu_reference(x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -62,18 +65,10 @@ class _Upsample2xReLU(Function):
 
 
 def _kernel_applies(x: torch.Tensor, skip: Optional[torch.Tensor]) -> bool:
-    """Whether the fused kernel serves these inputs (else the unfused composition runs). Traced
-    and exported graphs (TorchScript, ONNX) get the composition: they cannot hold the fused kernel."""
-    return (
-        C_EXTENSION is not None
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and x.dtype in _KERNEL_DTYPES
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and (skip is None or (skip.device.type == "cpu" and skip.dtype in _KERNEL_DTYPES
-                              and tuple(skip.shape) == _upsampled_shape(x)))
+    """Whether the fused kernel serves these inputs (else the unfused composition runs)."""
+    return fused_cpu_kernel_serves(x) and (
+        skip is None
+        or (skip.device.type == "cpu" and skip.dtype in FUSED_CPU_DTYPES and tuple(skip.shape) == _upsampled_shape(x))
     )
 
 
@@ -96,3 +91,61 @@ def upsample2x_relu(x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> tor
         x = x.to(dtype)
         skip = skip.to(dtype).contiguous(memory_format=torch.channels_last)
     return _Upsample2xReLU.apply(x, skip)
+
+
+def upsample2x_relu_conv1x1_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The unfused PyTorch composition of :func:`upsample2x_relu_conv1x1` (same arguments and result)."""
+    return F.conv2d(upsample2x_relu_reference(x), weight, bias)
+
+
+class _Upsample2xReLUConv1x1(Function):
+    """The fused kernel with its backward (channels-last CPU x; weight and bias of x's dtype)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.bias_dtype = bias.dtype
+        return C_EXTENSION.upsample2x_relu_conv1x1_forward(x, weight.flatten(1), bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
+        grad_x, grad_weight = C_EXTENSION.upsample2x_relu_conv1x1_backward(x, weight.flatten(1), grad_output)
+        grad_bias = grad_output.sum((0, 2, 3), dtype=torch.float64).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+        return (
+            grad_x if ctx.needs_input_grad[0] else None,
+            grad_weight.to(weight.dtype).view_as(weight) if ctx.needs_input_grad[1] else None,
+            grad_bias,
+        )
+
+
+def upsample2x_relu_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv2d(upsample2x_relu(x), weight, bias)`` with a 1x1 ``weight``, fused (see the module
+    docstring). Under autocast, weight and bias are cast to the autocast dtype as ``conv2d`` would.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        weight: (K, C, 1, 1) convolution weight.
+        bias: (K,) or None.
+
+    Returns:
+        (N, K, 2H, 2W); channels-last when the fused kernel ran. Differentiable with respect to
+        x, weight and bias.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if not (
+        _kernel_applies(x, None)
+        and weight.dim() == 4
+        and tuple(weight.shape[1:]) == (x.shape[1], 1, 1)
+        and weight.dtype == x.dtype == bias.dtype
+        and weight.device.type == bias.device.type == "cpu"
+    ):
+        return upsample2x_relu_conv1x1_reference(x, weight, bias)
+    return _Upsample2xReLUConv1x1.apply(x, weight, bias)

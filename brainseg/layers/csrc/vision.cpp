@@ -3,6 +3,7 @@
 
 #include "ms_deform_attn/backends.h"
 #include "ms_deform_attn/ms_deform_attn.h"
+#include "pooling/conv3x3_max_pool2x2_relu.h"
 #include "pooling/max_pool2x2_relu.h"
 #include "upsample/upsample2x_relu.h"
 
@@ -48,6 +49,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("x"),
       py::arg("grad_output"));
   m.def(
+      "upsample2x_relu_conv1x1_forward",
+      &brainseg::upsample2x_relu_conv1x1_forward,
+      "conv2d(relu(2x bilinear upsampling of x), weight (K, C), bias (K,)), channels-last CPU tensors",
+      py::arg("x"),
+      py::arg("weight"),
+      py::arg("bias"));
+  m.def(
+      "upsample2x_relu_conv1x1_backward",
+      &brainseg::upsample2x_relu_conv1x1_backward,
+      "Gradients of upsample2x_relu_conv1x1_forward -> [grad_x, grad_weight (K, C) float64]",
+      py::arg("x"),
+      py::arg("weight"),
+      py::arg("grad_output"));
+  m.def(
       "max_pool2x2_relu_forward",
       &brainseg::max_pool2x2_relu_forward,
       "relu(max_pool2d(x, 2)) of a channels-last CPU tensor -> [out, uint8 gradient code or empty]",
@@ -61,4 +76,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("code"),
       py::arg("height"),
       py::arg("width"));
+  m.def(
+      "batch_norm_max_pool2x2_relu_backward",
+      &brainseg::batch_norm_max_pool2x2_relu_backward,
+      "Gradients of relu(max_pool2d(batch_norm(x), 2)) in training mode -> [grad_x, grad_weight, grad_bias]",
+      py::arg("grad_output"),
+      py::arg("code"),
+      py::arg("x"),
+      py::arg("mean"),
+      py::arg("invstd"),
+      py::arg("weight") = py::none());
+  m.def(
+      "conv3x3_max_pool2x2_relu_forward",
+      &brainseg::conv3x3_max_pool2x2_relu_forward,
+      "relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2)) of a channels-last CPU tensor (inference)",
+      py::arg("x"),
+      py::arg("weight"),
+      py::arg("bias"));
 }

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers.max_pool import max_pool2x2_relu
-from ...layers.upsample import upsample2x_relu
+from ...layers.max_pool import batch_norm_max_pool2x2_relu, conv3x3_max_pool2x2_relu, max_pool2x2_relu
+from ...layers.upsample import upsample2x_relu, upsample2x_relu_conv1x1
 from .base import UShapedNet
 from .layers import ConvBN
 
@@ -73,14 +73,21 @@ class ShiftedMLPBlock(nn.Module):
 
 
 class ConvStage(nn.Module):
-    """Encoder conv stage: 3x3 conv - BN - 2x2 max-pool - ReLU (the last two fused:
-    :func:`~brainseg.layers.max_pool.max_pool2x2_relu`)."""
+    """Encoder conv stage: 3x3 conv - BN - 2x2 max-pool - ReLU. The last two are fused
+    (:func:`~brainseg.layers.max_pool.max_pool2x2_relu`); in training the BN joins them
+    (:func:`~brainseg.layers.max_pool.batch_norm_max_pool2x2_relu`: one backward for the three); in
+    the inference copy (BN folded: ``conv`` is a plain Conv2d) all of them are one kernel where the
+    input has few channels (:func:`~brainseg.layers.max_pool.conv3x3_max_pool2x2_relu`)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = ConvBN(in_channels, out_channels, 3, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.conv, nn.Conv2d):  # folded by brainseg.modeling.fusion
+            return conv3x3_max_pool2x2_relu(x, self.conv.weight, self.conv.bias)
+        if self.conv.training:
+            return batch_norm_max_pool2x2_relu(self.conv.conv(x), self.conv.norm)
         return max_pool2x2_relu(self.conv(x))
 
 
@@ -134,6 +141,20 @@ class DecoderStage(nn.Module):
         return tokens.permute(0, 3, 1, 2)
 
 
+class Head(nn.Sequential):
+    """The last decoder step and the 1x1 logit projection: 3x3 conv - x2 bilinear upsampling -
+    ReLU - 1x1 conv, the last three fused (:func:`~brainseg.layers.upsample.upsample2x_relu_conv1x1`:
+    the full-resolution feature map is never stored). A ``Sequential`` of the two convolutions'
+    modules, so its parameters are named ``0.conv.*`` and ``1.*``."""
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__(DecoderStage(channels, channels, batch_norm=False), nn.Conv2d(channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stage, projection = self
+        return upsample2x_relu_conv1x1(stage.conv(x), projection.weight, projection.bias)
+
+
 class UNeXt(UShapedNet):
     """UNeXt: conv stages then tokenised-MLP stages, each halving the size; a decoder mirroring
     them (additive skips, x2 bilinear upsampling; the stages leaving a tokenised level also run a
@@ -179,9 +200,7 @@ class UNeXt(UShapedNet):
             DecoderStage(widths[level], widths[level - 1], tokenised=level >= num_conv, **token_kwargs)
             for level in reversed(range(1, len(widths)))
         )
-        self.head = nn.Sequential(
-            DecoderStage(widths[0], widths[0], batch_norm=False), nn.Conv2d(widths[0], out_channels, 1)
-        )
+        self.head = Head(widths[0], out_channels)
         self.apply(self._init_token_weights)
 
     @staticmethod

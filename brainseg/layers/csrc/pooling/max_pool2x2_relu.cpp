@@ -27,13 +27,43 @@ constexpr uint8_t kNoGradient = 4;
 
 template <typename scalar_t>
 struct Args {
-  const scalar_t* x;     // forward
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x;     // forward; batch-norm backward: the norm's input
   scalar_t* out;         // forward: output; backward: grad_x
   uint8_t* code;         // forward: may be null
   const uint8_t* code_in;  // backward
   const scalar_t* grad;  // backward
   int64_t height, width, channels;  // of x
+  // Batch-norm backward (per channel): the batch mean, and dx = k_grad * dy + k_centred * (x - mean) + k_const.
+  const acc_t* mean;
+  const acc_t* k_grad;
+  const acc_t* k_centred;
+  const acc_t* k_const;
+  double* sums_partial;  // (threads, 2, C): sum of dy and of dy * (x - mean)
 };
+
+// Offset of the input a window's code points to, from the window's top-left input.
+BRAINSEG_ALWAYS_INLINE int64_t code_offset(int32_t code, int64_t channels, int64_t row_stride) {
+  return (code & 1) * channels + (code >> 1) * row_stride;
+}
+
+// A row of codes and gradients widened to int32 / the arithmetic type in long loops, so that the
+// short per-pixel channel loops that use them hold no 8- or 16-bit elements: GCC sizes a loop's
+// vectors by its narrowest element, and with 32 one-byte lanes a 16-channel loop would not
+// vectorise at all.
+template <typename scalar_t>
+BRAINSEG_ALWAYS_INLINE void widen_row(
+    const uint8_t* __restrict__ code, const scalar_t* __restrict__ grad, int64_t count,
+    int32_t* __restrict__ code_out, at::opmath_type<scalar_t>* __restrict__ grad_out) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) {
+    code_out[i] = code[i];
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) {
+    grad_out[i] = load(grad[i]);
+  }
+}
 
 template <typename scalar_t>
 struct ForwardRows {
@@ -99,20 +129,21 @@ struct BackwardRows {
     std::vector<acc_t> rows(2 * W * C, acc_t(0));  // input columns past 2 * out_w stay 0
     acc_t* __restrict__ top = rows.data();
     acc_t* __restrict__ bottom = top + W * C;
+    std::vector<int32_t> code_row(out_w * C);
+    std::vector<acc_t> grad_row(out_w * C);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / out_h, oy = row % out_h;
-      const scalar_t* __restrict__ g = a->grad + row * out_w * C;
-      const uint8_t* __restrict__ k = a->code_in + row * out_w * C;
+      widen_row(a->code_in + row * out_w * C, a->grad + row * out_w * C, out_w * C, code_row.data(), grad_row.data());
       for (int64_t ox = 0; ox < out_w; ++ox) {
         acc_t* __restrict__ t0 = top + 2 * ox * C;
         acc_t* __restrict__ t1 = t0 + C;
         acc_t* __restrict__ b0 = bottom + 2 * ox * C;
         acc_t* __restrict__ b1 = b0 + C;
-        const scalar_t* __restrict__ gp = g + ox * C;
-        const uint8_t* __restrict__ kp = k + ox * C;
+        const acc_t* __restrict__ gp = grad_row.data() + ox * C;
+        const int32_t* __restrict__ kp = code_row.data() + ox * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t gv = load(gp[c]);
+          const acc_t gv = gp[c];
           const int32_t arg = kp[c];
           t0[c] = arg == 0 ? gv : acc_t(0);
           t1[c] = arg == 1 ? gv : acc_t(0);
@@ -124,6 +155,100 @@ struct BackwardRows {
 #pragma omp simd
       for (int64_t i = 0; i < 2 * W * C; ++i) {
         out[i] = store<scalar_t>(top[i]);
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+struct BatchNormSumsRows {
+  // Output rows [begin, end) of the flattened (N, H/2): per channel, the sums over the inputs the
+  // gradient reaches of dy (= grad_output there) and of dy * (x - mean).
+  static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = a->channels, W = a->width, out_h = a->height / 2, out_w = W / 2;
+    std::vector<acc_t> row_sums(2 * C);
+    acc_t* __restrict__ sum_dy = row_sums.data();
+    acc_t* __restrict__ sum_dy_xc = sum_dy + C;
+    const acc_t* __restrict__ mean = a->mean;
+    double* total = a->sums_partial + at::get_thread_num() * 2 * C;
+    std::vector<int32_t> code_row(out_w * C);
+    std::vector<acc_t> grad_row(out_w * C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / out_h, oy = row % out_h;
+      std::fill(row_sums.begin(), row_sums.end(), acc_t(0));
+      widen_row(a->code_in + row * out_w * C, a->grad + row * out_w * C, out_w * C, code_row.data(), grad_row.data());
+      const scalar_t* top = a->x + (n * a->height + 2 * oy) * W * C;
+      for (int64_t ox = 0; ox < out_w; ++ox) {
+        const scalar_t* __restrict__ p0 = top + 2 * ox * C;
+        const scalar_t* __restrict__ p1 = p0 + C;
+        const scalar_t* __restrict__ p2 = p0 + W * C;
+        const scalar_t* __restrict__ p3 = p2 + C;
+        const acc_t* __restrict__ g = grad_row.data() + ox * C;
+        const int32_t* __restrict__ k = code_row.data() + ox * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const int32_t code = k[c];
+          const acc_t dy = code == kNoGradient ? acc_t(0) : g[c];
+          const acc_t v0 = load(p0[c]), v1 = load(p1[c]), v2 = load(p2[c]), v3 = load(p3[c]);  // all: no branches
+          const acc_t xv = code == 0 ? v0 : code == 1 ? v1 : code == 2 ? v2 : v3;
+          sum_dy[c] += dy;
+          sum_dy_xc[c] += dy * (xv - mean[c]);
+        }
+      }
+      for (int64_t i = 0; i < 2 * C; ++i) {
+        total[i] += static_cast<double>(row_sums[i]);
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+struct BatchNormGradRows {
+  // Input rows [begin, end) of the flattened (N, H): dx = k_grad * dy + k_centred * (x - mean) +
+  // k_const, where dy is grad_output at the input its window's code points to and 0 elsewhere
+  // (odd last rows and columns, outside every window, included).
+  static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = a->height, W = a->width, C = a->channels, out_h = H / 2, out_w = W / 2;
+    const acc_t* __restrict__ mean = a->mean;
+    const acc_t* __restrict__ k_grad = a->k_grad;
+    const acc_t* __restrict__ k_centred = a->k_centred;
+    const acc_t* __restrict__ k_const = a->k_const;
+    std::vector<int32_t> code_row(out_w * C);
+    std::vector<acc_t> grad_row(out_w * C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, iy = row % H, oy = iy / 2;
+      const scalar_t* __restrict__ x = a->x + row * W * C;
+      scalar_t* __restrict__ dx = a->out + row * W * C;
+      int64_t first_plain = 0;  // first pixel of the row outside every window
+      if (oy < out_h) {
+        first_plain = 2 * out_w;
+        const int32_t left = static_cast<int32_t>(2 * (iy % 2)), right = left + 1;  // codes of this row's inputs
+        const int64_t out_row = (n * out_h + oy) * out_w * C;
+        widen_row(a->code_in + out_row, a->grad + out_row, out_w * C, code_row.data(), grad_row.data());
+        for (int64_t ox = 0; ox < out_w; ++ox) {
+          const acc_t* __restrict__ gp = grad_row.data() + ox * C;
+          const int32_t* __restrict__ kp = code_row.data() + ox * C;
+          const scalar_t* __restrict__ x0 = x + 2 * ox * C;
+          const scalar_t* __restrict__ x1 = x0 + C;
+          scalar_t* __restrict__ d0 = dx + 2 * ox * C;
+          scalar_t* __restrict__ d1 = d0 + C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const int32_t code = kp[c];
+            const acc_t gv = k_grad[c] * gp[c];
+            const acc_t base = k_const[c] - k_centred[c] * mean[c];
+            d0[c] = store<scalar_t>((code == left ? gv : acc_t(0)) + k_centred[c] * load(x0[c]) + base);
+            d1[c] = store<scalar_t>((code == right ? gv : acc_t(0)) + k_centred[c] * load(x1[c]) + base);
+          }
+        }
+      }
+      for (int64_t p = first_plain; p < W; ++p) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          dx[p * C + c] = store<scalar_t>(k_centred[c] * (load(x[p * C + c]) - mean[c]) + k_const[c]);
+        }
       }
     }
   }
@@ -198,6 +323,66 @@ at::Tensor max_pool2x2_relu_backward(const at::Tensor& grad_output, const at::Te
     });
   });
   return grad_x;
+}
+
+std::vector<at::Tensor> batch_norm_max_pool2x2_relu_backward(
+    const at::Tensor& grad_output, const at::Tensor& code, const at::Tensor& x, const at::Tensor& mean,
+    const at::Tensor& invstd, const std::optional<at::Tensor>& weight) {
+  check_channels_last(grad_output, "grad_output");
+  check_channels_last(code, "code");
+  check_channels_last(x, "x");
+  TORCH_CHECK(code.scalar_type() == at::kByte, "max_pool2x2_relu: code must be uint8");
+  TORCH_CHECK(grad_output.scalar_type() == x.scalar_type(), "max_pool2x2_relu: grad_output must have x's dtype");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(
+      code.sizes() == grad_output.sizes() && grad_output.size(0) == N && grad_output.size(1) == C &&
+          grad_output.size(2) == H / 2 && grad_output.size(3) == W / 2,
+      "max_pool2x2_relu: grad_output ", grad_output.sizes(), " and code ", code.sizes(),
+      " must be (N, C, H/2, W/2) for x of shape ", x.sizes());
+  TORCH_CHECK(
+      mean.numel() == C && invstd.numel() == C && (!weight.has_value() || weight->numel() == C),
+      "batch_norm_max_pool2x2_relu: mean, invstd and weight must have C = ", C, " elements");
+  TORCH_CHECK(x.numel() > 0, "batch_norm_max_pool2x2_relu: x must not be empty");
+  auto grad_x = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto partial = at::zeros({at::get_num_threads(), 2, C}, x.options().dtype(at::kDouble));
+  const double count = static_cast<double>(N * H * W);
+  const auto mean64 = mean.to(at::kDouble), invstd64 = invstd.to(at::kDouble);
+  const auto gamma64 = weight.has_value() ? weight->to(at::kDouble) : at::ones({C}, mean64.options());
+  at::Tensor sums;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_max_pool2x2_relu_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    const auto mean_acc = mean.to(acc_type).contiguous();
+    Args<scalar_t> a{};
+    a.x = x.const_data_ptr<scalar_t>();
+    a.grad = grad_output.const_data_ptr<scalar_t>();
+    a.code_in = code.const_data_ptr<uint8_t>();
+    a.height = H;
+    a.width = W;
+    a.channels = C;
+    a.mean = mean_acc.const_data_ptr<acc_t>();
+    a.sums_partial = partial.mutable_data_ptr<double>();
+    const int64_t out_rows = N * (H / 2);
+    if (out_rows * (W / 2) > 0) {
+      at::parallel_for(0, out_rows, grain(4 * (W / 2) * C), [&](int64_t begin, int64_t end) {
+        run_for_isa<BatchNormSumsRows<scalar_t>>(&a, begin, end);
+      });
+    }
+    sums = partial.sum(0);  // (2, C): sum of dy, sum of dy * (x - mean)
+    // dx = gamma * invstd * (dy - sum_dy / M - (x - mean) * invstd^2 * sum_dy_xc / M)
+    const auto k_grad = (gamma64 * invstd64).to(acc_type).contiguous();
+    const auto k_centred = (-gamma64 * invstd64.pow(3) * sums[1] / count).to(acc_type).contiguous();
+    const auto k_const = (-gamma64 * invstd64 * sums[0] / count).to(acc_type).contiguous();
+    a.k_grad = k_grad.const_data_ptr<acc_t>();
+    a.k_centred = k_centred.const_data_ptr<acc_t>();
+    a.k_const = k_const.const_data_ptr<acc_t>();
+    a.out = grad_x.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N * H, grain(W * C), [&](int64_t begin, int64_t end) {
+      run_for_isa<BatchNormGradRows<scalar_t>>(&a, begin, end);
+    });
+  });
+  // grad_weight = sum dy * x_hat, grad_bias = sum dy
+  return {grad_x, sums[1] * invstd64, sums[0]};
 }
 
 }  // namespace brainseg

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 namespace brainseg {
@@ -22,5 +23,14 @@ std::vector<at::Tensor> max_pool2x2_relu_forward(const at::Tensor& x, bool with_
 // The gradient with respect to x: grad_output (N, C, H/2, W/2) channels-last in x's dtype and the
 // forward's code; input_size is x's (H, W).
 at::Tensor max_pool2x2_relu_backward(const at::Tensor& grad_output, const at::Tensor& code, int64_t height, int64_t width);
+
+// The gradients of relu(max_pool2d(batch_norm(x), 2)) with batch statistics (training mode), where
+// code is the forward's on the norm's output y: [grad_x (x's dtype, channels-last), grad_weight,
+// grad_bias (C, float64)], without forming the gradient of y. mean and invstd are the batch's (as
+// at::native_batch_norm returns them), weight the norm's (none: 1). Two passes: the per-channel
+// sums over the pooled outputs, then one over x writing grad_x.
+std::vector<at::Tensor> batch_norm_max_pool2x2_relu_backward(
+    const at::Tensor& grad_output, const at::Tensor& code, const at::Tensor& x, const at::Tensor& mean,
+    const at::Tensor& invstd, const std::optional<at::Tensor>& weight);
 
 }  // namespace brainseg

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 
 namespace brainseg {
 
@@ -20,5 +21,19 @@ at::Tensor upsample2x_relu_forward(const at::Tensor& x, const std::optional<at::
 // The gradient with respect to x of the forward's output, given x and grad_output
 // ((N, C, 2H, 2W) channels-last contiguous, x's dtype). The gradient of skip is grad_output.
 at::Tensor upsample2x_relu_backward(const at::Tensor& x, const at::Tensor& grad_output);
+
+// The same followed by a 1x1 convolution, without storing the upsampled tensor (UNeXt's head):
+//
+//   out = conv2d(relu(interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)), weight, bias)
+//
+// weight: (K, C), bias: (K,), any floating dtype (used in x's arithmetic type). Returns
+// (N, K, 2H, 2W) channels-last of x's dtype.
+at::Tensor upsample2x_relu_conv1x1_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// Gradients of upsample2x_relu_conv1x1_forward given grad_output ((N, K, 2H, 2W) channels-last,
+// x's dtype): [grad_x (x's dtype and shape), grad_weight ((K, C) float64)]. The bias gradient is
+// grad_output summed over (N, 2H, 2W).
+std::vector<at::Tensor> upsample2x_relu_conv1x1_backward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& grad_output);
 
 }  // namespace brainseg

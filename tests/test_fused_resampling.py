@@ -215,9 +215,12 @@ def test_conv3x3_max_pool2x2_relu_matches_composition(dtype, tol, shape, out_cha
     x[0, 0, 0, 0] = float("nan")  # reaches the outputs whose windows read it
     x = _cl(x)
     weight, bias = torch.randn(out_channels, shape[1], 3, 3, dtype=dtype), torch.randn(out_channels, dtype=dtype)
-    with torch.no_grad():
-        ours = conv3x3_max_pool2x2_relu(x, weight, bias)
+    ours = _C.conv3x3_max_pool2x2_relu_forward(x, weight, bias)  # (bf16: the layer runs the composition)
     ref = conv3x3_max_pool2x2_relu_reference(x, weight, bias)
+    with torch.no_grad():
+        through_layer = conv3x3_max_pool2x2_relu(x, weight, bias)
+    assert torch.equal(through_layer.isnan(), ref.isnan())
+    assert torch.equal(through_layer.nan_to_num(), (ours if dtype != torch.bfloat16 else ref).nan_to_num())
     assert ours.shape == ref.shape == (shape[0], out_channels, shape[2] // 2, shape[3] // 2)
     assert ours.dtype == dtype and ours.is_contiguous(memory_format=CL)
     assert torch.equal(ours.isnan(), ref.isnan()) and ours[0, :, 0, 0].isnan().all()
@@ -357,8 +360,8 @@ def all_results(inputs):
         normed, (norm_grad,) = _value_and_grads(lambda t: batch_norm_max_pool2x2_relu(t, norm), (pool_x,),
                                                 upstream[:, :, :4, :6])
         with torch.no_grad():
-            first_stage = conv3x3_max_pool2x2_relu(_cl(pool_x[:, :3]), weight.view(16, 1, 1, 1).expand(16, 3, 3, 3) / 9,
-                                                   weight.flatten())
+            first_stage = _C.conv3x3_max_pool2x2_relu_forward(
+                _cl(pool_x[:, :3]), weight.view(16, 1, 1, 1).expand(16, 3, 3, 3) / 9, weight.flatten())
         results += [head, *head_grads, normed, norm_grad, first_stage]
     return results
 
@@ -390,4 +393,5 @@ def test_resampling_benchmark_checks_agreement_and_prints_tables(capsys):
                   "upsample2x_relu_conv1x1, bfloat16, forward", "batch_norm_max_pool2x2_relu, float32, forward+backward"):
         assert title in out
     assert "batch_norm_max_pool2x2_relu, float32, forward\n" not in out  # (without gradients: the composition)
-    assert out.count("| fused |") == 14 and out.count("| composition |") == 14
+    assert "conv3x3_max_pool2x2_relu, bfloat16, forward\n" in out and "conv3x3_max_pool2x2_relu, float32, forward+" not in out
+    assert out.count("| fused |") == 16 and out.count("| composition |") == 16

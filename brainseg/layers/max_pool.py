@@ -34,6 +34,10 @@ __all__ = [
 # Input channels up to which the direct convolution of conv3x3_max_pool2x2_relu pays: its cost grows
 # with them, while the stored convolution output it saves does not (UNeXt's first stage has 3).
 MAX_DIRECT_CONV_IN_CHANNELS = 8
+# dtypes it runs for: in bf16 oneDNN's convolution (native bf16 instructions) and the half-size
+# stored output made the whole UNeXt inference net 0.6-1.1 ms slower with the kernel on an AVX512-BF16
+# CPU (BENCHMARKS.md), so 16-bit inputs get the composition
+DIRECT_CONV_DTYPES = (torch.float32, torch.float64)
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -207,13 +211,13 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
     """A 3x3 convolution (stride 1, zero padding 1), 2x2 max pooling and ReLU: the encoder's first
     stage of an inference net whose batch norm is folded into the convolution.
 
-    Without gradients, on a channels-last CPU tensor with at most
+    Without gradients, on a channels-last float32/float64 CPU tensor with at most
     :data:`MAX_DIRECT_CONV_IN_CHANNELS` input channels, one C++ kernel computes each pooled output
     from the input directly: the full-resolution convolution output (16 channels at 256x256 for
     UNeXt: 32 MB a batch of 8 in float32), which costs more to write and read back than the few
-    multiply-adds per pixel, is never stored. Under autocast it runs in the autocast dtype, as
-    ``conv2d`` would. Otherwise (gradients, more channels, CUDA, NCHW, traced or exported graphs)
-    it is :func:`conv3x3_max_pool2x2_relu_reference`.
+    multiply-adds per pixel, is never stored. Otherwise (gradients, more channels, 16-bit dtypes
+    and autocast, CUDA, NCHW, traced or exported graphs) it is
+    :func:`conv3x3_max_pool2x2_relu_reference`.
 
     Args:
         x: (N, Cin, H, W) floating tensor.
@@ -232,6 +236,7 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad)))
         and x.shape[1] <= MAX_DIRECT_CONV_IN_CHANNELS
+        and x.dtype in DIRECT_CONV_DTYPES
         and weight.dim() == 4
         and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
         and weight.dtype == x.dtype

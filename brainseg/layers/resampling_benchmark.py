@@ -4,9 +4,11 @@ Times, at the shapes one batch of UNeXt meets (batch 8 of 256x256 images, the pa
 
 * ``upsample2x_relu`` (the four decoder steps: 2x bilinear upsampling, ReLU, skip addition),
 * ``upsample2x_relu_conv1x1`` (the head: the same at full resolution, then the 1x1 logit conv),
-* ``max_pool2x2_relu`` (the three encoder steps: 2x2 max pooling, ReLU) and
+* ``max_pool2x2_relu`` (the three encoder steps: 2x2 max pooling, ReLU),
 * ``batch_norm_max_pool2x2_relu`` (the same steps in training, with their batch norm; forward +
-  backward only: without gradients it is the composition),
+  backward only: without gradients it is the composition) and
+* ``conv3x3_max_pool2x2_relu`` (the first encoder step of the inference copy: 3x3 conv from the 3
+  image channels, pooling, ReLU; forward only: with gradients it is the composition),
 
 each as the fused kernel (:mod:`brainseg.layers.upsample`, :mod:`brainseg.layers.max_pool`) and as
 the composition (``*_reference``), forward without gradients and forward + backward, in float32 and
@@ -27,7 +29,13 @@ import torch
 from ..utils.benchmark import benchmark, cpu_model_name, format_table
 from ..utils.malloc import tune_glibc_malloc
 from .extension import missing_extension_message
-from .max_pool import batch_norm_max_pool2x2_relu, max_pool2x2_relu, max_pool2x2_relu_reference
+from .max_pool import (
+    batch_norm_max_pool2x2_relu,
+    conv3x3_max_pool2x2_relu,
+    conv3x3_max_pool2x2_relu_reference,
+    max_pool2x2_relu,
+    max_pool2x2_relu_reference,
+)
 from .ms_deform_attn_function import extension_status
 from .upsample import (
     upsample2x_relu,
@@ -61,8 +69,10 @@ def make_cases(dtype: torch.dtype) -> Dict[str, List[Tuple[Tuple[Optional[torch.
     head = [((_channels_last(n, c, h, w, dtype=dtype, generator=generator),
               torch.randn(1, c, 1, 1, generator=generator).to(dtype), torch.zeros(1, dtype=dtype)),
              _channels_last(n, 1, 2 * h, 2 * w, dtype=dtype, generator=generator))]
+    first_stage = [((_channels_last(8, 3, 256, 256, dtype=dtype, generator=generator),
+                     torch.randn(16, 3, 3, 3, generator=generator).to(dtype), torch.zeros(16, dtype=dtype)), None)]
     return {"upsample2x_relu": upsample, "upsample2x_relu_conv1x1": head, "max_pool2x2_relu": pool,
-            "batch_norm_max_pool2x2_relu": pool}
+            "batch_norm_max_pool2x2_relu": pool, "conv3x3_max_pool2x2_relu": first_stage}
 
 
 def _with_batch_norm(pool: Callable) -> Callable:
@@ -115,7 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
            "upsample2x_relu_conv1x1": (upsample2x_relu_conv1x1, upsample2x_relu_conv1x1_reference),
            "max_pool2x2_relu": (max_pool2x2_relu, max_pool2x2_relu_reference),
            "batch_norm_max_pool2x2_relu": (_with_batch_norm(batch_norm_max_pool2x2_relu),
-                                           _with_batch_norm(lambda x, norm: max_pool2x2_relu_reference(norm(x))))}
+                                           _with_batch_norm(lambda x, norm: max_pool2x2_relu_reference(norm(x)))),
+           "conv3x3_max_pool2x2_relu": (conv3x3_max_pool2x2_relu, conv3x3_max_pool2x2_relu_reference)}
     load_before = os.getloadavg()[0]
     print(f"CPU: {cpu_model_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"UNeXt's shapes for a batch of 8 x 256x256 (all stages per call), channels-last; median of "
@@ -125,7 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, cases in make_cases(dtype).items():
             fused, composition = ops[name]
             passes = (("forward", forward_fn), ("forward+backward", forward_backward_fn))
-            for label, make_fn in passes[1:] if name.startswith("batch_norm") else passes:
+            only = {"batch_norm_max_pool2x2_relu": passes[1:], "conv3x3_max_pool2x2_relu": passes[:1]}
+            for label, make_fn in only.get(name, passes):
                 fns = {"fused": make_fn(fused, cases), "composition": make_fn(composition, cases)}
                 tol = 1e-5 if dtype == torch.float32 else 2e-2
                 for ours, theirs in zip(fns["fused"](), fns["composition"]()):

@@ -135,13 +135,20 @@ def max_pool2x2_relu(x: torch.Tensor) -> torch.Tensor:
 
 
 class _BatchNormMaxPool2x2ReLU(torch.autograd.Function):
-    """Batch norm with batch statistics (PyTorch's kernel, which also updates the running
-    statistics), the fused pooling, and one fused backward for the three."""
+    """Batch norm with batch statistics, pooling and ReLU: a statistics pass over x, then the fused
+    pooling of the norm's affine map of x (its output never stored); one fused backward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
-        out, code = C_EXTENSION.max_pool2x2_relu_forward(y, True)
+        mean, var = C_EXTENSION.channels_last_mean_var(x)  # float64, var biased
+        if running_mean is not None:  # as nn.BatchNorm2d: the unbiased variance in the running one
+            count = x.numel() // x.shape[1]
+            running_mean.mul_(1 - momentum).add_((momentum * mean).to(running_mean.dtype))
+            running_var.mul_(1 - momentum).add_((momentum * var * count / (count - 1)).to(running_var.dtype))
+        invstd = (var + eps).rsqrt()
+        scale = invstd if weight is None else weight.double() * invstd
+        shift = -mean * scale if bias is None else bias.double() - mean * scale
+        out, code = C_EXTENSION.max_pool2x2_relu_forward(x, True, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd, code)
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out
@@ -175,11 +182,13 @@ def _momentum_of_this_batch(norm: nn.modules.batchnorm._BatchNorm) -> float:
 def batch_norm_max_pool2x2_relu(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
     """``relu(F.max_pool2d(norm(x), 2))``: UNeXt's encoder conv stage after its convolution.
 
-    In training (batch statistics) on a channels-last CPU tensor that needs gradients, the norm runs
-    PyTorch's kernel (running statistics updated as ``norm(x)`` would), the pooling and ReLU the
-    fused kernel of :func:`max_pool2x2_relu`, and the backward of all three is one C++ kernel: the
-    norm's output is not kept, and its gradient (zero except at each window's maximum) is never
-    formed. Otherwise it is ``max_pool2x2_relu(norm(x))``.
+    In training (batch statistics) on a channels-last CPU tensor that needs gradients, one C++ pass
+    computes the batch statistics (float64 sums; running statistics updated as ``norm(x)`` would),
+    the fused kernel of :func:`max_pool2x2_relu` pools the norm's affine map of x without storing
+    the norm's output, and the backward of all three is one C++ kernel (the norm's gradient, zero
+    except at each window's maximum, is never formed). The statistics are summed in another order
+    than PyTorch's, so values agree with ``max_pool2x2_relu(norm(x))`` to rounding. Otherwise it is
+    ``max_pool2x2_relu(norm(x))``.
 
     Args:
         x: (N, C, H, W) floating tensor.
@@ -191,6 +200,7 @@ def batch_norm_max_pool2x2_relu(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.
     if not (
         norm.training
         and _kernel_applies(x)
+        and x.numel() > x.shape[1]  # (one value per channel: PyTorch's error)
         and torch.is_grad_enabled()
         and (x.requires_grad or (norm.weight is not None and norm.weight.requires_grad))
     ):

@@ -107,6 +107,17 @@ def forward_backward_fn(op: Callable, cases) -> Callable[[], List[torch.Tensor]]
     return run
 
 
+def agree(ours: torch.Tensor, theirs: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a fused result matches the composition's: to float32 rounding of sums over a batch
+    (relative to the largest value), or in bf16 to its rounding, where at most 0.1 % of the
+    elements may differ more (a pooling window whose maxima tie after one version's rounding sends
+    its gradient to another input)."""
+    ours, theirs = ours.float(), theirs.float()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    outside = ~torch.isclose(ours, theirs, rtol=tol, atol=tol * max(1.0, theirs.abs().max().item()))
+    return not outside.any() or (dtype == torch.bfloat16 and outside.float().mean().item() <= 1e-3)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/benchmark.py resampling``: prints the tables; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -139,12 +150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             only = {"batch_norm_max_pool2x2_relu": passes[1:], "conv3x3_max_pool2x2_relu": passes[:1]}
             for label, make_fn in only.get(name, passes):
                 fns = {"fused": make_fn(fused, cases), "composition": make_fn(composition, cases)}
-                tol = 1e-5 if dtype == torch.float32 else 2e-2
-                for ours, theirs in zip(fns["fused"](), fns["composition"]()):
-                    ours, theirs = ours.float(), theirs.float()  # (bf16: each rounds differently)
-                    if not torch.allclose(ours, theirs, rtol=tol, atol=tol * max(1.0, theirs.abs().max().item())):
-                        print(f"{name} {label} ({dtype}) disagrees with the composition", file=sys.stderr)
-                        return 1
+                if not all(agree(ours, theirs, dtype) for ours, theirs in zip(fns["fused"](), fns["composition"]())):
+                    print(f"{name} {label} ({dtype}) disagrees with the composition", file=sys.stderr)
+                    return 1
                 timings = benchmark(fns, warmup=args.warmup, repeats=args.repeats)
                 print(f"\n{name}, {str(dtype).replace('torch.', '')}, {label}\n")
                 print(format_table(timings, baseline="composition"))

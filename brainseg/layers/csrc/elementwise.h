@@ -39,6 +39,30 @@ BRAINSEG_ALWAYS_INLINE c10::BFloat16 store<c10::BFloat16>(float v) {
   return c10::BFloat16(static_cast<uint16_t>(nan ? 0x7fc0u : rounded), c10::BFloat16::from_bits());
 }
 
+// v rounded to scalar_t and back (what storing v in a scalar_t tensor and reading it keeps). For
+// bf16 by 32-bit operations only, so that loops over a few channels still vectorise.
+template <typename scalar_t>
+BRAINSEG_ALWAYS_INLINE at::opmath_type<scalar_t> round_through(at::opmath_type<scalar_t> v) {
+  return load(store<scalar_t>(v));
+}
+
+template <>
+BRAINSEG_ALWAYS_INLINE float round_through<c10::BFloat16>(float v) {
+  const uint32_t bits = std::bit_cast<uint32_t>(v);
+  const float rounded = std::bit_cast<float>((bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u);
+  return v != v ? v : rounded;  // (a NaN could round to infinity; a float select vectorises)
+}
+
+template <>
+BRAINSEG_ALWAYS_INLINE float round_through<float>(float v) {
+  return v;
+}
+
+template <>
+BRAINSEG_ALWAYS_INLINE double round_through<double>(double v) {
+  return v;
+}
+
 // ReLU's gradient: x unless v <= 0 (so a NaN v passes x, as PyTorch's threshold_backward does), by
 // a bit mask: GCC turns a `v <= 0 ? 0 : x` feeding an accumulation into a conditional store,
 // which only AVX-512 can vectorise.

@@ -65,9 +65,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "max_pool2x2_relu_forward",
       &brainseg::max_pool2x2_relu_forward,
-      "relu(max_pool2d(x, 2)) of a channels-last CPU tensor -> [out, uint8 gradient code or empty]",
+      "relu(max_pool2d(x [* scale + shift], 2)) of a channels-last CPU tensor -> [out, uint8 gradient code or empty]",
       py::arg("x"),
-      py::arg("with_code"));
+      py::arg("with_code"),
+      py::arg("scale") = py::none(),
+      py::arg("shift") = py::none());
+  m.def(
+      "channels_last_mean_var",
+      &brainseg::channels_last_mean_var,
+      "Per-channel mean and biased variance (float64) of a channels-last CPU tensor",
+      py::arg("x"));
   m.def(
       "max_pool2x2_relu_backward",
       &brainseg::max_pool2x2_relu_backward,

@@ -39,7 +39,10 @@ struct Args {
   const acc_t* k_grad;
   const acc_t* k_centred;
   const acc_t* k_const;
-  double* sums_partial;  // (threads, 2, C): sum of dy and of dy * (x - mean)
+  double* sums_partial;  // (threads, 2, C): sum of dy and of dy * (x - mean); stats: of x and x^2
+  // Batch-norm forward (per channel): the pooling reads y = scale * x + shift, rounded to scalar_t.
+  const acc_t* scale;
+  const acc_t* shift;
 };
 
 // Offset of the input a window's code points to, from the window's top-left input.
@@ -65,7 +68,19 @@ BRAINSEG_ALWAYS_INLINE void widen_row(
   }
 }
 
-template <typename scalar_t>
+// One input of a pooling window: x, or with the batch norm's affine map y = scale * x + shift
+// rounded to scalar_t, as the unfused norm would store it (so that ties and maxima are its).
+template <typename scalar_t, bool kAffine>
+BRAINSEG_ALWAYS_INLINE at::opmath_type<scalar_t> pooled_input(
+    const scalar_t* p, const at::opmath_type<scalar_t>* scale, const at::opmath_type<scalar_t>* shift, int64_t c) {
+  if constexpr (kAffine) {
+    return round_through<scalar_t>(load(p[c]) * scale[c] + shift[c]);
+  } else {
+    return load(p[c]);
+  }
+}
+
+template <typename scalar_t, bool kAffine>
 struct ForwardRows {
   // Output rows [begin, end) of the flattened (N, H/2).
   static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
@@ -75,6 +90,8 @@ struct ForwardRows {
     std::vector<int32_t> code_row(out_w * C);
     acc_t* __restrict__ values = value_row.data();
     int32_t* __restrict__ codes = code_row.data();
+    const acc_t* __restrict__ scale = a->scale;
+    const acc_t* __restrict__ shift = a->shift;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / out_h, oy = row % out_h;
       const scalar_t* r0 = a->x + (n * a->height + 2 * oy) * W * C;
@@ -88,9 +105,11 @@ struct ForwardRows {
         int32_t* __restrict__ k = codes + ox * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          acc_t m = load(p0[c]);
+          acc_t m = pooled_input<scalar_t, kAffine>(p0, scale, shift, c);
           int32_t arg = 0;
-          const acc_t v1 = load(p1[c]), v2 = load(p2[c]), v3 = load(p3[c]);
+          const acc_t v1 = pooled_input<scalar_t, kAffine>(p1, scale, shift, c);
+          const acc_t v2 = pooled_input<scalar_t, kAffine>(p2, scale, shift, c);
+          const acc_t v3 = pooled_input<scalar_t, kAffine>(p3, scale, shift, c);
           const bool t1 = (v1 > m) | (v1 != v1);
           m = t1 ? v1 : m;
           arg = t1 ? 1 : arg;
@@ -155,6 +174,37 @@ struct BackwardRows {
 #pragma omp simd
       for (int64_t i = 0; i < 2 * W * C; ++i) {
         out[i] = store<scalar_t>(top[i]);
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+struct StatsRows {
+  // Rows [begin, end) of the flattened (N, H): per channel, the sums of d = x - shift and of d^2,
+  // shift = a->mean (one value of the channel: no cancellation when the mean dwarfs the spread); a
+  // row in the arithmetic type, rows added up in double per thread.
+  static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = a->channels, W = a->width;
+    std::vector<acc_t> row_sums(2 * C);
+    acc_t* __restrict__ sum = row_sums.data();
+    acc_t* __restrict__ sum_sq = sum + C;
+    double* total = a->sums_partial + at::get_thread_num() * 2 * C;
+    for (int64_t row = begin; row < end; ++row) {
+      std::fill(row_sums.begin(), row_sums.end(), acc_t(0));
+      const scalar_t* x = a->x + row * W * C;
+      for (int64_t p = 0; p < W; ++p) {
+        const scalar_t* __restrict__ xp = x + p * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = load(xp[c]) - a->mean[c];
+          sum[c] += d;
+          sum_sq[c] += d * d;
+        }
+      }
+      for (int64_t i = 0; i < 2 * C; ++i) {
+        total[i] += static_cast<double>(row_sums[i]);
       }
     }
   }
@@ -268,8 +318,12 @@ int64_t grain(int64_t elements_per_row) {
 
 }  // namespace
 
-std::vector<at::Tensor> max_pool2x2_relu_forward(const at::Tensor& x, bool with_code) {
+std::vector<at::Tensor> max_pool2x2_relu_forward(
+    const at::Tensor& x, bool with_code, const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
   check_channels_last(x, "x");
+  TORCH_CHECK(
+      scale.has_value() == shift.has_value() && (!scale.has_value() || (scale->numel() == x.size(1) && shift->numel() == x.size(1))),
+      "max_pool2x2_relu: scale and shift must be given together, with C = ", x.size(1), " elements each");
   const auto options = x.options().memory_format(at::MemoryFormat::ChannelsLast);
   const std::vector<int64_t> out_size{x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2};
   auto out = at::empty(out_size, options);
@@ -285,11 +339,49 @@ std::vector<at::Tensor> max_pool2x2_relu_forward(const at::Tensor& x, bool with_
     a.height = x.size(2);
     a.width = x.size(3);
     a.channels = x.size(1);
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    at::Tensor scale_acc, shift_acc;
+    if (scale.has_value()) {
+      scale_acc = scale->to(acc_type).contiguous();
+      shift_acc = shift->to(acc_type).contiguous();
+      a.scale = scale_acc.const_data_ptr<acc_t>();
+      a.shift = shift_acc.const_data_ptr<acc_t>();
+    }
     at::parallel_for(0, out_size[0] * out_size[2], grain(4 * out_size[3] * out_size[1]), [&](int64_t begin, int64_t end) {
-      run_for_isa<ForwardRows<scalar_t>>(&a, begin, end);
+      if (a.scale != nullptr) {
+        run_for_isa<ForwardRows<scalar_t, true>>(&a, begin, end);
+      } else {
+        run_for_isa<ForwardRows<scalar_t, false>>(&a, begin, end);
+      }
     });
   });
   return {out, code};
+}
+
+std::vector<at::Tensor> channels_last_mean_var(const at::Tensor& x) {
+  check_channels_last(x, "x");
+  const int64_t C = x.size(1), count = x.numel() / std::max<int64_t>(1, C);
+  TORCH_CHECK(count > 0, "batch_norm_max_pool2x2_relu: x must not be empty");
+  auto partial = at::zeros({at::get_num_threads(), 2, C}, x.options().dtype(at::kDouble));
+  const auto first = x.select(0, 0).select(1, 0).select(1, 0).to(at::kDouble);  // x[0, :, 0, 0]: the shift
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "channels_last_mean_var", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto shift = first.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    Args<scalar_t> a{};
+    a.x = x.const_data_ptr<scalar_t>();
+    a.mean = shift.const_data_ptr<acc_t>();
+    a.width = x.size(3);
+    a.channels = C;
+    a.sums_partial = partial.mutable_data_ptr<double>();
+    at::parallel_for(0, x.size(0) * x.size(2), grain(x.size(3) * C), [&](int64_t begin, int64_t end) {
+      run_for_isa<StatsRows<scalar_t>>(&a, begin, end);
+    });
+  });
+  const auto sums = partial.sum(0);
+  const auto shifted_mean = sums[0] / static_cast<double>(count);
+  const auto var = (sums[1] / static_cast<double>(count) - shifted_mean * shifted_mean).clamp_min(0.0);  // biased
+  return {shifted_mean + first, var};
 }
 
 at::Tensor max_pool2x2_relu_backward(const at::Tensor& grad_output, const at::Tensor& code, int64_t height, int64_t width) {

@@ -18,7 +18,16 @@ namespace brainseg {
 
 // x: (N, C, H, W) channels-last contiguous. Returns [out (N, C, H/2, W/2) channels-last, code
 // (N, C, H/2, W/2) uint8 channels-last, or an empty tensor when with_code is false].
-std::vector<at::Tensor> max_pool2x2_relu_forward(const at::Tensor& x, bool with_code);
+// With scale and shift ((C,) each) it pools y = scale * x + shift (a batch norm's affine map,
+// y rounded to x's dtype) without storing y.
+std::vector<at::Tensor> max_pool2x2_relu_forward(
+    const at::Tensor& x, bool with_code, const std::optional<at::Tensor>& scale = std::nullopt,
+    const std::optional<at::Tensor>& shift = std::nullopt);
+
+// Per-channel mean and biased variance (float64 (C,) each) of a channels-last x over (N, H, W):
+// the batch statistics of a batch norm, in one pass (sums of x - x[0, c, 0, 0] and of its square,
+// rows in the arithmetic type, added up in double).
+std::vector<at::Tensor> channels_last_mean_var(const at::Tensor& x);
 
 // The gradient with respect to x: grad_output (N, C, H/2, W/2) channels-last in x's dtype and the
 // forward's code; input_size is x's (H, W).

@@ -207,6 +207,15 @@ def test_batch_norm_max_pool2x2_relu_gradcheck_and_eval_path():
                                     (x, norm.weight, norm.bias))
     assert torch.autograd.gradcheck(
         lambda w, b: batch_norm_max_pool2x2_relu(x, norm), (norm.weight, norm.bias))
+    class CountingNorm(torch.nn.BatchNorm2d):  # a subclass (e.g. a synchronised norm) keeps its own forward
+        calls = 0
+
+        def forward(self, t):
+            CountingNorm.calls += 1
+            return super().forward(t)
+
+    batch_norm_max_pool2x2_relu(x, CountingNorm(3).double())
+    assert CountingNorm.calls == 1
     norm = torch.nn.BatchNorm2d(3).double()
     norm.running_mean.fill_(0.5)
     norm.eval()  # running statistics: the composition, nothing updated

@@ -187,7 +187,8 @@ def batch_norm_max_pool2x2_relu(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.
     the fused kernel of :func:`max_pool2x2_relu` pools the norm's affine map of x without storing
     the norm's output, and the backward of all three is one C++ kernel (the norm's gradient, zero
     except at each window's maximum, is never formed). The statistics are summed in another order
-    than PyTorch's, so values agree with ``max_pool2x2_relu(norm(x))`` to rounding. Otherwise it is
+    than PyTorch's, so values agree with ``max_pool2x2_relu(norm(x))`` to rounding. Otherwise (eval
+    mode, no gradients, another norm class such as ``nn.SyncBatchNorm``, ...) it is
     ``max_pool2x2_relu(norm(x))``.
 
     Args:
@@ -199,6 +200,7 @@ def batch_norm_max_pool2x2_relu(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.
     """
     if not (
         norm.training
+        and type(norm) is nn.BatchNorm2d  # (not a subclass such as a synchronised norm: its statistics differ)
         and _kernel_applies(x)
         and x.numel() > x.shape[1]  # (one value per channel: PyTorch's error)
         and torch.is_grad_enabled()

@@ -5,12 +5,13 @@
 // floor(src) and floor(src) + 1 (clamped to the last one) with weights 1 - frac, frac, which at
 // this scale are 0.25 / 0.75 (1 at the first and last output).
 //
-// Forward parallelises over output rows; every output element is computed once from its four
-// inputs, channels innermost (contiguous in channels-last, so the channel loop vectorises), into
-// a float row that is then rectified, added to the skip and rounded to the output dtype.
-// Backward parallelises over input rows: a task gathers the gradient of every output row that
-// reads its input row (at most four), recomputing the ReLU mask from x, so no task writes
-// another's rows (no atomics, deterministic) and the upsampled tensor is never stored.
+// The interpolation is separable: for an output row, its two input rows are first mixed in one long
+// loop (mix_rows), then each output pixel mixes two columns of that row, channels innermost
+// (contiguous in channels-last, so the channel loop vectorises), into a float row that is then
+// rectified, added to the skip and rounded to the output dtype. Forward parallelises over output
+// rows. Backward parallelises over input rows: a task gathers the gradient of every output row that
+// reads its input row (at most four), recomputing that row's values (for the ReLU mask) from x, so
+// no task writes another's rows (no atomics, deterministic) and the upsampled tensor is never stored.
 // With a 1x1 projection (upsample2x_relu_conv1x1) the forward projects each rectified output
 // pixel's channels to K logits instead of writing them, and the backward turns the logits'
 // gradient into the channels' one pixel by pixel, adding up the weight gradient (per thread, in
@@ -65,33 +66,21 @@ struct Args {
   double* grad_weight_partial;  // backward: (threads, K, C) sums of grad_output * relu(upsampled)
 };
 
-// The four inputs (channel rows) one output pixel reads, and their weights.
+// The two input rows an output row reads, mixed with their weights (one long loop): the rows
+// step of the separable interpolation; each output pixel then mixes two of its columns.
 template <typename scalar_t>
-struct Window {
+BRAINSEG_ALWAYS_INLINE void mix_rows(
+    const Args<scalar_t>& a, int64_t C, int64_t n, const Tap& ty, at::opmath_type<scalar_t>* __restrict__ mixed) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* __restrict__ p00;
-  const scalar_t* __restrict__ p01;
-  const scalar_t* __restrict__ p10;
-  const scalar_t* __restrict__ p11;
-  acc_t wy0, wy1, wx0, wx1;
-
-  // Output (n, oy, ox) reads input rows ty.i0/ty.i1 and columns tx.i0/tx.i1 of image n.
-  BRAINSEG_ALWAYS_INLINE Window(const Args<scalar_t>& a, int64_t C, int64_t n, const Tap& ty, const Tap& tx)
-      : wy0(ty.w0), wy1(ty.w1), wx0(tx.w0), wx1(tx.w1) {
-    const int64_t row = a.width * C;
-    const scalar_t* r0 = a.x + (n * a.height + ty.i0) * row;
-    const scalar_t* r1 = a.x + (n * a.height + ty.i1) * row;
-    p00 = r0 + tx.i0 * C;
-    p01 = r0 + tx.i1 * C;
-    p10 = r1 + tx.i0 * C;
-    p11 = r1 + tx.i1 * C;
+  const int64_t W = a.width;
+  const scalar_t* __restrict__ r0 = a.x + (n * a.height + ty.i0) * W * C;
+  const scalar_t* __restrict__ r1 = a.x + (n * a.height + ty.i1) * W * C;
+  const acc_t wy0 = ty.w0, wy1 = ty.w1;
+#pragma omp simd
+  for (int64_t k = 0; k < W * C; ++k) {
+    mixed[k] = wy0 * load(r0[k]) + wy1 * load(r1[k]);
   }
-
-  // The upsampled value of channel c (before the ReLU).
-  BRAINSEG_ALWAYS_INLINE acc_t value(int64_t c) const {
-    return wy0 * (wx0 * load(p00[c]) + wx1 * load(p01[c])) + wy1 * (wx0 * load(p10[c]) + wx1 * load(p11[c]));
-  }
-};
+}
 
 // One output row of the projection: out[ox, k] = bias[k] + sum_c weight[k, c] * buf[ox, c].
 template <typename scalar_t>
@@ -119,17 +108,22 @@ struct ForwardRows {
   static BRAINSEG_ALWAYS_INLINE void run(const Args<scalar_t>* a, int64_t begin, int64_t end) {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t C = a->channels, W = a->width, out_h = 2 * a->height, out_w = 2 * W;
-    std::vector<acc_t> row_buffer(out_w * C);
+    std::vector<acc_t> row_buffer(out_w * C), column_buffer(W * C);
     acc_t* __restrict__ buf = row_buffer.data();
+    acc_t* __restrict__ rows_mixed = column_buffer.data();
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / out_h;
       const Tap ty = a->rows[row % out_h];
+      mix_rows(*a, C, n, ty, rows_mixed);
       for (int64_t ox = 0; ox < out_w; ++ox) {
-        const Window<scalar_t> window(*a, C, n, ty, a->cols[ox]);
+        const Tap tx = a->cols[ox];
+        const acc_t wx0 = tx.w0, wx1 = tx.w1;
+        const acc_t* __restrict__ v0 = rows_mixed + tx.i0 * C;
+        const acc_t* __restrict__ v1 = rows_mixed + tx.i1 * C;
         acc_t* __restrict__ b = buf + ox * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          b[c] = std::max(window.value(c), acc_t(0));
+          b[c] = std::max(wx0 * v0[c] + wx1 * v1[c], acc_t(0));
         }
       }
       // The output row in one long loop: a 16-bit store inside the short channel loop above
@@ -197,8 +191,9 @@ struct BackwardRows {
     const int64_t H = a->height, W = a->width, C = a->channels, out_h = 2 * H, out_w = 2 * W;
     const int64_t K = a->proj_channels;
     const bool project = a->proj_weight != nullptr;
-    std::vector<acc_t> acc_row(W * C), grad_buffer(C), weight_row(project ? K * C : 0);
+    std::vector<acc_t> acc_row(W * C), grad_buffer(C), weight_row(project ? K * C : 0), column_buffer(W * C);
     acc_t* __restrict__ acc = acc_row.data();
+    acc_t* __restrict__ rows_mixed = column_buffer.data();
     acc_t* __restrict__ grad_buf = grad_buffer.data();
     acc_t* __restrict__ gw = weight_row.data();
     double* gw_total = project ? a->grad_weight_partial + at::get_thread_num() * K * C : nullptr;
@@ -215,9 +210,12 @@ struct BackwardRows {
         if (weight_share) {
           std::fill(weight_row.begin(), weight_row.end(), acc_t(0));
         }
+        mix_rows(*a, C, n, ty, rows_mixed);  // (the forward values, for the ReLU mask)
         for (int64_t ox = 0; ox < out_w; ++ox) {
           const Tap tx = a->cols[ox];
-          const Window<scalar_t> window(*a, C, n, ty, tx);
+          const acc_t wx0 = tx.w0, wx1 = tx.w1;
+          const acc_t* __restrict__ v0 = rows_mixed + tx.i0 * C;
+          const acc_t* __restrict__ v1 = rows_mixed + tx.i1 * C;
           const int64_t pixel = (n * out_h + oy) * out_w + ox;
           const acc_t* __restrict__ g = pixel_grad(*a, C, pixel, grad_buf);
           if (weight_share) {
@@ -226,7 +224,7 @@ struct BackwardRows {
               acc_t* __restrict__ gwk = gw + k * C;
 #pragma omp simd
               for (int64_t c = 0; c < C; ++c) {
-                gwk[c] += gk * std::max(window.value(c), acc_t(0));
+                gwk[c] += gk * std::max(wx0 * v0[c] + wx1 * v1[c], acc_t(0));
               }
             }
           }
@@ -234,16 +232,16 @@ struct BackwardRows {
           if (tx.i0 == tx.i1) {  // border column: both weights on one input
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
-              acc0[c] += relu_grad(window.value(c), wy * g[c]);
+              acc0[c] += relu_grad(wx0 * v0[c] + wx1 * v1[c], wy * g[c]);
             }
             continue;
           }
           acc_t* __restrict__ acc1 = acc + tx.i1 * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            const acc_t m = relu_grad(window.value(c), wy * g[c]);
-            acc0[c] += window.wx0 * m;
-            acc1[c] += window.wx1 * m;
+            const acc_t m = relu_grad(wx0 * v0[c] + wx1 * v1[c], wy * g[c]);
+            acc0[c] += wx0 * m;
+            acc1[c] += wx1 * m;
           }
         }
         if (weight_share) {

@@ -5,7 +5,14 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["C_EXTENSION", "C_IMPORT_ERROR", "FUSED_CPU_DTYPES", "missing_extension_message", "fused_cpu_kernel_serves"]
+__all__ = [
+    "C_EXTENSION",
+    "C_IMPORT_ERROR",
+    "FUSED_CPU_DTYPES",
+    "missing_extension_message",
+    "fused_cpu_kernel_serves",
+    "as_conv_under_autocast",
+]
 
 
 def _load_extension() -> Tuple[Optional[ModuleType], Optional[str]]:
@@ -46,3 +53,14 @@ def fused_cpu_kernel_serves(x: torch.Tensor) -> bool:
         and x.dtype in FUSED_CPU_DTYPES
         and x.is_contiguous(memory_format=torch.channels_last)
     )
+
+
+def as_conv_under_autocast(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The input, weight and bias a convolution would compute with: under autocast all three cast
+    to the autocast dtype (for fused kernels that end or start with a convolution), else unchanged."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)

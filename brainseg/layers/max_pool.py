@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .extension import C_EXTENSION, fused_cpu_kernel_serves
+from .extension import C_EXTENSION, as_conv_under_autocast, fused_cpu_kernel_serves
 
 __all__ = [
     "max_pool2d",
@@ -239,10 +239,7 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
     Returns:
         (N, Cout, H // 2, W // 2).
     """
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = as_conv_under_autocast(x, weight, bias)
     if not (
         _kernel_applies(x)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad

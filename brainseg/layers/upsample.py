@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .extension import C_EXTENSION, FUSED_CPU_DTYPES, fused_cpu_kernel_serves
+from .extension import C_EXTENSION, FUSED_CPU_DTYPES, as_conv_under_autocast, fused_cpu_kernel_serves
 
 __all__ = [
     "upsample2x_relu",
@@ -134,10 +134,7 @@ def upsample2x_relu_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
         (N, K, 2H, 2W); channels-last when the fused kernel ran. Differentiable with respect to
         x, weight and bias.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = as_conv_under_autocast(x, weight, bias)
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
     if not (

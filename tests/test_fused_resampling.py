@@ -1,7 +1,7 @@
 """The fused resampling kernels of UNeXt (brainseg.layers.upsample2x_relu, upsample2x_relu_conv1x1,
 max_pool2x2_relu, batch_norm_max_pool2x2_relu, conv3x3_max_pool2x2_relu): the same values and gradients as the PyTorch
-compositions they replace, on every instruction-set variant, and the fallbacks where the kernels do
-not apply."""
+compositions they replace, on every instruction-set variant (with the Winograd convolution's: see
+also test_winograd.py), and the fallbacks where the kernels do not apply."""
 import copy
 import os
 import subprocess
@@ -23,6 +23,7 @@ from brainseg.layers import (
     upsample2x_relu_conv1x1,
     upsample2x_relu_conv1x1_reference,
     upsample2x_relu_reference,
+    winograd_conv3x3,
 )
 from brainseg.modeling.nets import UNeXt
 
@@ -392,6 +393,10 @@ def all_results(inputs):
             first_stage = _C.conv3x3_max_pool2x2_relu_forward(
                 _cl(pool_x[:, :3]), weight.view(16, 1, 1, 1).expand(16, 3, 3, 3) / 9, weight.flatten())
         results += [head, *head_grads, normed, norm_grad, first_stage]
+    with torch.no_grad():  # Winograd (float32 only): 16 -> 33 channels, two register-block widths
+        x = _cl(inputs[3])
+        weight = torch.linspace(-1, 1, 33 * 16 * 9).view(33, 16, 3, 3)
+        results += [winograd_conv3x3(x, weight, weight[:, 0, 0, 0], pool=pool) for pool in (False, True)]
     return results
 
 
@@ -422,6 +427,7 @@ def test_resampling_benchmark_checks_agreement_and_prints_tables(capsys):
                   "upsample2x_relu_conv1x1, bfloat16, forward", "batch_norm_max_pool2x2_relu, float32, forward+backward"):
         assert title in out
     assert "batch_norm_max_pool2x2_relu, float32, forward\n" not in out  # (without gradients: the composition)
-    assert "conv3x3_max_pool2x2_relu, float32, forward\n" in out
-    assert "conv3x3_max_pool2x2_relu, bfloat16" not in out and "conv3x3_max_pool2x2_relu, float32, forward+" not in out
-    assert out.count("| fused |") == 15 and out.count("| composition |") == 15
+    for inference_only in ("conv3x3_max_pool2x2_relu", "conv3x3", "linear"):  # forward, float32 only
+        assert f"\n{inference_only}, float32, forward\n" in out
+        assert f"\n{inference_only}, bfloat16" not in out and f"\n{inference_only}, float32, forward+" not in out
+    assert out.count("| fused |") == 17 and out.count("| composition |") == 17

@@ -1,6 +1,7 @@
 """Layers with custom kernels: multi-scale deformable attention (C++/CUDA in ``csrc``), the fused
 2x bilinear upsampling + ReLU of UNeXt's decoder and the fused 2x2 max pooling + ReLU of its
-encoder (C++ in ``csrc``), and max pooling on the faster CPU kernel."""
+encoder (C++ in ``csrc``), 3x3 convolutions by Winograd's algorithm for CPU inference, and max
+pooling on the faster CPU kernel."""
 from .max_pool import (
     batch_norm_max_pool2x2_relu,
     conv3x3_max_pool2x2_relu,
@@ -15,6 +16,7 @@ from .upsample import (
     upsample2x_relu_conv1x1_reference,
     upsample2x_relu_reference,
 )
+from .winograd import conv3x3, winograd_conv3x3, winograd_conv3x3_serves
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_function import (
     MSDeformAttnFunction,
@@ -28,6 +30,7 @@ __all__ = [
     "MSDeformAttnFunction",
     "extension_status",
     "batch_norm_max_pool2x2_relu",
+    "conv3x3",
     "conv3x3_max_pool2x2_relu",
     "conv3x3_max_pool2x2_relu_reference",
     "max_pool2d",
@@ -39,4 +42,6 @@ __all__ = [
     "upsample2x_relu_conv1x1",
     "upsample2x_relu_conv1x1_reference",
     "upsample2x_relu_reference",
+    "winograd_conv3x3",
+    "winograd_conv3x3_serves",
 ]

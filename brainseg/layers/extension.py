@@ -11,6 +11,7 @@ __all__ = [
     "FUSED_CPU_DTYPES",
     "missing_extension_message",
     "fused_cpu_kernel_serves",
+    "grad_wanted",
     "as_conv_under_autocast",
 ]
 
@@ -53,6 +54,12 @@ def fused_cpu_kernel_serves(x: torch.Tensor) -> bool:
         and x.dtype in FUSED_CPU_DTYPES
         and x.is_contiguous(memory_format=torch.channels_last)
     )
+
+
+def grad_wanted(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd would record an operation on these tensors (Nones ignored): gradients are
+    enabled and one of them requires grad. Inference-only kernels run only when it is False."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def as_conv_under_autocast(

@@ -1,8 +1,8 @@
 """Max pooling on fast CPU kernels: :func:`max_pool2d` (PyTorch's channels-last forward kernel for
 NCHW tensors) and, C++ in ``brainseg._C``, the 2x2 pooling + ReLU of UNeXt's encoder fused with what
 surrounds it: alone (:func:`max_pool2x2_relu`), after a training-mode batch norm
-(:func:`batch_norm_max_pool2x2_relu`) and, for inference, after a 3x3 convolution with few input
-channels (:func:`conv3x3_max_pool2x2_relu`).
+(:func:`batch_norm_max_pool2x2_relu`) and, for inference, after a 3x3 convolution
+(:func:`conv3x3_max_pool2x2_relu`: a direct convolution for few input channels, Winograd's for more).
 
 :func:`max_pool2d`:
 
@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .extension import C_EXTENSION, as_conv_under_autocast, fused_cpu_kernel_serves
+from .extension import C_EXTENSION, as_conv_under_autocast, fused_cpu_kernel_serves, grad_wanted
+from .winograd import winograd_conv3x3, winograd_conv3x3_serves
 
 __all__ = [
     "max_pool2d",
@@ -203,8 +204,7 @@ def batch_norm_max_pool2x2_relu(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.
         and type(norm) is nn.BatchNorm2d  # (not a subclass such as a synchronised norm: its statistics differ)
         and _kernel_applies(x)
         and x.numel() > x.shape[1]  # (one value per channel: PyTorch's error)
-        and torch.is_grad_enabled()
-        and (x.requires_grad or (norm.weight is not None and norm.weight.requires_grad))
+        and grad_wanted(x, norm.weight)
     ):
         return max_pool2x2_relu(norm(x))
     momentum = _momentum_of_this_batch(norm)
@@ -227,9 +227,12 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
     :data:`MAX_DIRECT_CONV_IN_CHANNELS` input channels, one C++ kernel computes each pooled output
     from the input directly: the full-resolution convolution output (16 channels at 256x256 for
     UNeXt: 32 MB a batch of 8 in float32), which costs more to write and read back than the few
-    multiply-adds per pixel, is never stored. Otherwise (gradients, more channels, 16-bit dtypes
-    and autocast, CUDA, NCHW, traced or exported graphs) it is
-    :func:`conv3x3_max_pool2x2_relu_reference`.
+    multiply-adds per pixel, is never stored. With more input channels, in float32, the Winograd
+    kernel (:func:`~brainseg.layers.winograd.winograd_conv3x3`) pools its output tiles before
+    storing them (values equal up to float rounding, see :mod:`brainseg.layers.winograd`).
+    Otherwise (gradients, 16-bit dtypes and autocast, CUDA, NCHW, traced or exported graphs) it is
+    PyTorch's convolution followed by :func:`max_pool2x2_relu` (itself fused where its kernel
+    applies), the same values as :func:`conv3x3_max_pool2x2_relu_reference`.
 
     Args:
         x: (N, Cin, H, W) floating tensor.
@@ -240,10 +243,19 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
         (N, Cout, H // 2, W // 2).
     """
     x, weight, bias = as_conv_under_autocast(x, weight, bias)
-    if not (
-        _kernel_applies(x)
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                              or (bias is not None and bias.requires_grad)))
+    if _kernel_applies(x) and _direct_conv_serves(x, weight, bias):
+        bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
+        return C_EXTENSION.conv3x3_max_pool2x2_relu_forward(x, weight, bias)
+    if _kernel_applies(x) and winograd_conv3x3_serves(x, weight, bias):
+        return winograd_conv3x3(x, weight, bias, pool=True)
+    return max_pool2x2_relu(F.conv2d(x, weight, bias, padding=1))
+
+
+def _direct_conv_serves(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether the direct kernel of :func:`conv3x3_max_pool2x2_relu` takes these operands (besides
+    :func:`_kernel_applies`): no gradient wanted, few input channels, a float32/float64 CPU filter."""
+    return (
+        not grad_wanted(x, weight, bias)
         and x.shape[1] <= MAX_DIRECT_CONV_IN_CHANNELS
         and x.dtype in DIRECT_CONV_DTYPES
         and weight.dim() == 4
@@ -251,8 +263,4 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
         and weight.dtype == x.dtype
         and (bias is None or bias.dtype == x.dtype)
         and weight.device.type == "cpu"
-    ):
-        return conv3x3_max_pool2x2_relu_reference(x, weight, bias)
-    if bias is None:
-        bias = weight.new_zeros(weight.shape[0])
-    return C_EXTENSION.conv3x3_max_pool2x2_relu_forward(x, weight, bias)
+    )

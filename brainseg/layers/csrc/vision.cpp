@@ -1,6 +1,7 @@
 // Python bindings of brainseg._C.
 #include <torch/extension.h>
 
+#include "conv/winograd_conv3x3.h"
 #include "ms_deform_attn/backends.h"
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "pooling/conv3x3_max_pool2x2_relu.h"
@@ -100,4 +101,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("x"),
       py::arg("weight"),
       py::arg("bias"));
+  m.def(
+      "winograd_conv3x3_weight",
+      &brainseg::winograd_conv3x3_weight,
+      "(Cout, Cin, 3, 3) filter -> float32 (36, Cin, Cout) Winograd F(4x4, 3x3) transform, channels padded to 16",
+      py::arg("weight"));
+  m.def(
+      "winograd_conv3x3_forward",
+      &brainseg::winograd_conv3x3_forward,
+      "conv2d(x, weight, bias, padding=1), or with pool relu(max_pool2d(..., 2)), of a channels-last float32 CPU "
+      "tensor by Winograd F(4x4, 3x3) (inference)",
+      py::arg("x"),
+      py::arg("weight"),
+      py::arg("bias"),
+      py::arg("pool") = false);
 }

@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...layers.linear import linear
 from ...layers.max_pool import batch_norm_max_pool2x2_relu, conv3x3_max_pool2x2_relu, max_pool2x2_relu
 from ...layers.upsample import upsample2x_relu, upsample2x_relu_conv1x1
+from ...layers.winograd import conv3x3
 from .base import UShapedNet
 from .layers import ConvBN
 
@@ -42,7 +44,8 @@ def shift_tokens(tokens: torch.Tensor, dim: int, shift_size: int) -> torch.Tenso
 
 class ShiftedMLPBlock(nn.Module):
     """Tokenised MLP block: ``x + MLP(LN(x))`` where the MLP is shift along the height -> linear
-    -> 3x3 depth-wise conv -> GELU -> shift along the width -> linear."""
+    -> 3x3 depth-wise conv -> GELU -> shift along the width -> linear (in inference on oneDNN:
+    :func:`~brainseg.layers.linear.linear`)."""
 
     def __init__(self, dim: int, *, mlp_ratio: float = 1.0, shift_size: int = 5):
         """
@@ -66,9 +69,9 @@ class ShiftedMLPBlock(nn.Module):
         Returns:
             (B, H, W, C).
         """
-        x = self.fc1(shift_tokens(self.norm(tokens), 1, self.shift_size))
+        x = linear(shift_tokens(self.norm(tokens), 1, self.shift_size), self.fc1.weight, self.fc1.bias)
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = self.fc2(shift_tokens(F.gelu(x), 2, self.shift_size))
+        x = linear(shift_tokens(F.gelu(x), 2, self.shift_size), self.fc2.weight, self.fc2.bias)
         return tokens + x
 
 
@@ -76,8 +79,9 @@ class ConvStage(nn.Module):
     """Encoder conv stage: 3x3 conv - BN - 2x2 max-pool - ReLU. The last two are fused
     (:func:`~brainseg.layers.max_pool.max_pool2x2_relu`); in training the BN joins them
     (:func:`~brainseg.layers.max_pool.batch_norm_max_pool2x2_relu`: one backward for the three); in
-    the inference copy (BN folded: ``conv`` is a plain Conv2d) all of them are one kernel where the
-    input has few channels (:func:`~brainseg.layers.max_pool.conv3x3_max_pool2x2_relu`)."""
+    the inference copy (BN folded: ``conv`` is a plain Conv2d) all of them are one kernel
+    (:func:`~brainseg.layers.max_pool.conv3x3_max_pool2x2_relu`: a direct convolution where the
+    input has few channels, Winograd's in float32 with more)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -133,8 +137,15 @@ class DecoderStage(nn.Module):
         else:
             self.block = None
 
+    def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's convolution; in the inference copy (BN folded: ``conv`` is a Conv2d) on the
+        Winograd kernel where it applies (:func:`~brainseg.layers.winograd.conv3x3`)."""
+        if isinstance(self.conv, nn.Conv2d):
+            return conv3x3(x, self.conv.weight, self.conv.bias)
+        return self.conv(x)
+
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = upsample2x_relu(self.conv(x), skip)
+        x = upsample2x_relu(self.conv_forward(x), skip)
         if self.block is None:
             return x
         tokens = self.block_norm(self.block(x.permute(0, 2, 3, 1)))
@@ -152,7 +163,7 @@ class Head(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stage, projection = self
-        return upsample2x_relu_conv1x1(stage.conv(x), projection.weight, projection.bias)
+        return upsample2x_relu_conv1x1(stage.conv_forward(x), projection.weight, projection.bias)
 
 
 class UNeXt(UShapedNet):

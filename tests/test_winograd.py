@@ -1,0 +1,198 @@
+"""3x3 convolutions by Winograd F(4x4, 3x3) (brainseg.layers.winograd): the direct convolution's
+values to float rounding (against a float64 reference), the fused pooling, the filter transform and
+its cache, independence of the thread count, the fallbacks and the error messages."""
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainseg.layers import conv3x3, conv3x3_max_pool2x2_relu, extension_status, winograd_conv3x3, winograd_conv3x3_serves
+from brainseg.layers import winograd as winograd_module
+from brainseg.layers.linear import linear
+from brainseg.modeling.fusion import fold_batchnorm
+from brainseg.modeling.nets import UNeXt
+
+pytestmark = pytest.mark.skipif(not extension_status()["cpu"], reason="brainseg._C is not built")
+_C = pytest.importorskip("brainseg._C")
+
+CL = torch.channels_last
+# Winograd's transforms scale values by up to 8 and add them: its float32 error is a few times the
+# direct convolution's (about 1e-6 of the largest output here); bound it relative to that value
+RELATIVE_ERROR = 3e-5
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=CL)
+
+
+def _inputs(n, cin, h, w, cout, seed=0):
+    torch.manual_seed(seed)
+    x = _cl(torch.randn(n, cin, h, w))
+    weight = torch.randn(cout, cin, 3, 3) / (3 * cin**0.5)
+    return x, weight, torch.randn(cout)
+
+
+def _assert_close_to_float64(ours, reference):
+    scale = reference.abs().max().item()
+    assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=CL)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours.double(), reference, rtol=0, atol=RELATIVE_ERROR * max(scale, 1e-30))
+
+
+# odd sizes (partial tiles), one pixel, channel counts that are not whole vectors of 16 (tails), several
+# output-channel chunks (> 64) and task blocks (many tiles)
+SHAPES = [(2, 16, 8, 8, 16), (1, 20, 7, 5, 33), (3, 5, 1, 1, 3), (1, 1, 2, 3, 1), (2, 32, 13, 11, 130),
+          (1, 160, 6, 9, 128), (8, 16, 32, 32, 32)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_winograd_conv_matches_the_direct_convolution(shape):
+    x, weight, bias = _inputs(*shape)
+    reference = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    with torch.no_grad():
+        _assert_close_to_float64(winograd_conv3x3(x, weight, bias), reference)
+        _assert_close_to_float64(winograd_conv3x3(x, weight, None), reference - bias.double().view(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("shape", [shape for shape in SHAPES if min(shape[2:4]) >= 2])  # (a 2x2 window)
+def test_winograd_conv_with_pooling_matches_the_composition(shape):
+    x, weight, bias = _inputs(*shape, seed=1)
+    reference = F.relu(F.max_pool2d(F.conv2d(x.double(), weight.double(), bias.double(), padding=1), 2))
+    with torch.no_grad():
+        _assert_close_to_float64(winograd_conv3x3(x, weight, bias, pool=True), reference)
+
+
+def test_nan_reaches_its_tile_and_relu_applies():
+    """A NaN input makes its whole 4x4 output tile NaN (the transforms mix the 6x6 patch; the direct
+    convolution: its 3x3 neighbourhood), and nothing beyond the tiles whose patches read it."""
+    x, weight, bias = _inputs(1, 16, 8, 8, 4, seed=2)
+    x[0, :, 0, 0] = float("nan")  # read by the patch of tile (0, 0) only
+    bias.fill_(-100.0)  # every other conv output negative
+    with torch.no_grad():
+        plain = winograd_conv3x3(x, weight, bias)
+        pooled = winograd_conv3x3(x, weight, bias, pool=True)
+    assert plain[:, :, :4, :4].isnan().all() and plain.isnan().sum() == 4 * 16
+    assert (plain.nan_to_num() < 0).sum() == 4 * (64 - 16)
+    assert pooled[:, :, :2, :2].isnan().all() and pooled.isnan().sum() == 4 * 4
+    assert (pooled.nan_to_num() == 0).all()  # ReLU
+
+
+def test_weight_transform_is_g_g_gt_in_float64():
+    torch.manual_seed(3)
+    weight = torch.randn(5, 20, 3, 3, dtype=torch.float64)
+    G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+    expected = torch.einsum("ak,oikl,bl->abio", G, weight, G).reshape(36, 20, 5)
+    u = _C.winograd_conv3x3_weight(weight)
+    assert u.shape == (36, 32, 16) and u.dtype == torch.float32
+    torch.testing.assert_close(u[:, :20, :5], expected.float(), rtol=0, atol=0)  # rounded once from float64
+    assert (u[:, 20:] == 0).all() and (u[:, :, 5:] == 0).all()
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x, weight, bias = _inputs(4, 32, 24, 20, 48, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = [winograd_conv3x3(x, weight, bias, pool=pool) for pool in (False, True)]
+            torch.set_num_threads(2)
+            two = [winograd_conv3x3(x, weight, bias, pool=pool) for pool in (False, True)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_filter_transform_is_cached_until_the_filter_changes():
+    x, weight, bias = _inputs(1, 16, 8, 8, 8, seed=5)
+    first = winograd_module.winograd_weight(weight)
+    assert winograd_module.winograd_weight(weight) is first  # kept
+    with torch.no_grad():
+        weight.mul_(2)  # in place: the version counter moves
+        assert winograd_module.winograd_weight(weight) is not first
+        _assert_close_to_float64(winograd_conv3x3(x, weight, bias),
+                                 F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
+    key = id(weight)
+    assert key in winograd_module._TRANSFORMS
+    del weight
+    gc.collect()
+    assert key not in winograd_module._TRANSFORMS  # freed with its filter
+
+
+def test_conv3x3_falls_back_to_pytorch_where_the_kernel_does_not_apply():
+    x, weight, bias = _inputs(2, 16, 8, 8, 8, seed=6)
+    # gradients wanted: PyTorch's differentiable convolution
+    leaf = weight.clone().requires_grad_()
+    assert not winograd_conv3x3_serves(x, leaf, bias)
+    conv3x3(x, leaf, bias).sum().backward()
+    torch.testing.assert_close(leaf.grad, torch.autograd.grad(F.conv2d(x, leaf, bias, padding=1).sum(), leaf)[0])
+    with torch.no_grad():
+        # NCHW, float64: exactly PyTorch's convolution
+        assert torch.equal(conv3x3(x.contiguous(), weight, bias), F.conv2d(x.contiguous(), weight, bias, padding=1))
+        x64, w64, b64 = x.double(), weight.double(), bias.double()
+        assert torch.equal(conv3x3(x64, w64, b64), F.conv2d(x64, w64, b64, padding=1))
+        # autocast: the convolution autocast runs (bf16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not winograd_conv3x3_serves(x, weight, bias)
+            assert conv3x3(x, weight, bias).dtype == torch.bfloat16
+        # served: the kernel's values
+        assert winograd_conv3x3_serves(x, weight, bias)
+        assert torch.equal(conv3x3(x, weight, bias), winograd_conv3x3(x, weight, bias))
+        # the pooled stage: Winograd above the direct kernel's input channels
+        assert torch.equal(conv3x3_max_pool2x2_relu(x, weight, bias), winograd_conv3x3(x, weight, bias, pool=True))
+
+
+def test_kernel_rejects_bad_input_with_a_clear_message():
+    x, weight, bias = _inputs(1, 16, 8, 8, 4, seed=7)
+    u = _C.winograd_conv3x3_weight(weight)
+    with pytest.raises(RuntimeError, match=r"weight must be the float32 \(36, 16, 16\) transform of a \(4, 16, 3, 3\)"):
+        _C.winograd_conv3x3_forward(x, weight, bias)  # the filter itself, not its transform
+    with pytest.raises(RuntimeError, match="x must be channels-last contiguous"):
+        _C.winograd_conv3x3_forward(x.contiguous(), u, bias)
+    with pytest.raises(RuntimeError, match="x must be a .* float32 CPU tensor"):
+        _C.winograd_conv3x3_forward(x.double(), u, bias)
+    with pytest.raises(RuntimeError, match=r"weight must be \(Cout, Cin, 3, 3\)"):
+        _C.winograd_conv3x3_weight(torch.randn(4, 16, 1, 1))
+
+
+def test_unext_inference_copy_runs_its_3x3_convolutions_on_the_kernel(monkeypatch):
+    """Every 3x3 stride-1 convolution of the folded UNeXt but the first (3 input channels: the
+    direct kernel) goes through Winograd, and the logits match the eval net's."""
+    torch.manual_seed(8)
+    net = UNeXt(conv_channels=(16, 16, 32), token_channels=(32, 48)).to(memory_format=CL)
+    net.train()(_cl(torch.randn(4, 3, 64, 64)))  # running statistics away from their defaults
+    net.eval()
+    transformed = []
+    original = winograd_module.winograd_weight
+    monkeypatch.setattr(winograd_module, "winograd_weight", lambda w: transformed.append(tuple(w.shape)) or original(w))
+    x = _cl(torch.randn(2, 3, 64, 64))
+    with torch.no_grad():
+        expected = net(x)
+        transformed.clear()
+        folded = fold_batchnorm(net)(x)
+    # encoder stages 2-3, the four decoder stages and the head (not: the first stage, the stride-2
+    # patch embeddings, the depth-wise convolutions)
+    assert sorted(transformed) == sorted([(16, 16, 3, 3), (32, 16, 3, 3), (32, 48, 3, 3), (32, 32, 3, 3),
+                                          (16, 32, 3, 3), (16, 16, 3, 3), (16, 16, 3, 3)])
+    torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_on_onednn_matches_f_linear_and_falls_back():
+    torch.manual_seed(9)
+    x, weight, bias = torch.randn(2, 5, 7, 48), torch.randn(40, 48), torch.randn(40)
+    reference = F.linear(x.double(), weight.double(), bias.double())
+    with torch.no_grad():
+        ours = linear(x, weight, bias)
+        assert ours.shape == (2, 5, 7, 40) and ours.is_contiguous()
+        torch.testing.assert_close(ours.double(), reference, rtol=0, atol=1e-5 * reference.abs().max().item())
+        torch.testing.assert_close(linear(x, weight, None).double(), reference - bias.double(), rtol=0,
+                                   atol=1e-5 * reference.abs().max().item())
+        # not served: a non-contiguous input, float64 -> exactly F.linear
+        strided = x.transpose(1, 2)
+        assert torch.equal(linear(strided, weight, bias), F.linear(strided, weight, bias))
+        assert torch.equal(linear(x.double(), weight.double(), None), F.linear(x.double(), weight.double()))
+    # gradients wanted: F.linear (differentiable)
+    leaf = weight.clone().requires_grad_()
+    linear(x, leaf, bias).sum().backward()
+    torch.testing.assert_close(leaf.grad, x.reshape(-1, 48).sum(0).expand(40, 48))

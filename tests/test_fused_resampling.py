@@ -1,7 +1,7 @@
 """The fused resampling kernels of UNeXt (brainseg.layers.upsample2x_relu, upsample2x_relu_conv1x1,
 max_pool2x2_relu, batch_norm_max_pool2x2_relu, conv3x3_max_pool2x2_relu): the same values and gradients as the PyTorch
 compositions they replace, on every instruction-set variant (with the Winograd convolution's: see
-also test_winograd.py), and the fallbacks where the kernels do not apply."""
+also test_conv3x3.py), and the fallbacks where the kernels do not apply."""
 import copy
 import os
 import subprocess

@@ -16,7 +16,7 @@ from .upsample import (
     upsample2x_relu_conv1x1_reference,
     upsample2x_relu_reference,
 )
-from .winograd import conv3x3, winograd_conv3x3, winograd_conv3x3_serves
+from .conv import conv3x3, winograd_conv3x3, winograd_conv3x3_serves
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_function import (
     MSDeformAttnFunction,

@@ -21,7 +21,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .extension import C_EXTENSION, as_conv_under_autocast, fused_cpu_kernel_serves, grad_wanted
-from .winograd import winograd_conv3x3, winograd_conv3x3_serves
+from .conv import direct_conv3x3_serves, winograd_conv3x3, winograd_conv3x3_serves
 
 __all__ = [
     "max_pool2d",
@@ -31,14 +31,6 @@ __all__ = [
     "conv3x3_max_pool2x2_relu",
     "conv3x3_max_pool2x2_relu_reference",
 ]
-
-# Input channels up to which the direct convolution of conv3x3_max_pool2x2_relu pays: its cost grows
-# with them, while the stored convolution output it saves does not (UNeXt's first stage has 3).
-MAX_DIRECT_CONV_IN_CHANNELS = 8
-# dtypes it runs for: in bf16 oneDNN's convolution (native bf16 instructions) and the half-size
-# stored output made the whole UNeXt inference net 0.6-1.1 ms slower with the kernel on an AVX512-BF16
-# CPU (BENCHMARKS.md), so 16-bit inputs get the composition
-DIRECT_CONV_DTYPES = (torch.float32, torch.float64)
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -224,12 +216,12 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
     stage of an inference net whose batch norm is folded into the convolution.
 
     Without gradients, on a channels-last float32/float64 CPU tensor with at most
-    :data:`MAX_DIRECT_CONV_IN_CHANNELS` input channels, one C++ kernel computes each pooled output
-    from the input directly: the full-resolution convolution output (16 channels at 256x256 for
+    :data:`~brainseg.layers.conv.MAX_DIRECT_CONV_IN_CHANNELS` input channels, one C++ kernel
+    computes each pooled output from the input directly: the full-resolution convolution output (16 channels at 256x256 for
     UNeXt: 32 MB a batch of 8 in float32), which costs more to write and read back than the few
     multiply-adds per pixel, is never stored. With more input channels, in float32, the Winograd
-    kernel (:func:`~brainseg.layers.winograd.winograd_conv3x3`) pools its output tiles before
-    storing them (values equal up to float rounding, see :mod:`brainseg.layers.winograd`).
+    kernel (:func:`~brainseg.layers.conv.winograd_conv3x3`) pools its output tiles before
+    storing them (values equal up to float rounding, see :mod:`brainseg.layers.conv`).
     Otherwise (gradients, 16-bit dtypes and autocast, CUDA, NCHW, traced or exported graphs) it is
     PyTorch's convolution followed by :func:`max_pool2x2_relu` (itself fused where its kernel
     applies), the same values as :func:`conv3x3_max_pool2x2_relu_reference`.
@@ -243,24 +235,9 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
         (N, Cout, H // 2, W // 2).
     """
     x, weight, bias = as_conv_under_autocast(x, weight, bias)
-    if _kernel_applies(x) and _direct_conv_serves(x, weight, bias):
+    if _kernel_applies(x) and not grad_wanted(x, weight, bias) and direct_conv3x3_serves(x, weight, bias):
         bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
         return C_EXTENSION.conv3x3_max_pool2x2_relu_forward(x, weight, bias)
     if _kernel_applies(x) and winograd_conv3x3_serves(x, weight, bias):
         return winograd_conv3x3(x, weight, bias, pool=True)
     return max_pool2x2_relu(F.conv2d(x, weight, bias, padding=1))
-
-
-def _direct_conv_serves(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether the direct kernel of :func:`conv3x3_max_pool2x2_relu` takes these operands (besides
-    :func:`_kernel_applies`): no gradient wanted, few input channels, a float32/float64 CPU filter."""
-    return (
-        not grad_wanted(x, weight, bias)
-        and x.shape[1] <= MAX_DIRECT_CONV_IN_CHANNELS
-        and x.dtype in DIRECT_CONV_DTYPES
-        and weight.dim() == 4
-        and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
-        and weight.dtype == x.dtype
-        and (bias is None or bias.dtype == x.dtype)
-        and weight.device.type == "cpu"
-    )

@@ -11,7 +11,7 @@ Times, at the shapes one batch of UNeXt meets (batch 8 of 256x256 images, the pa
 * ``conv3x3_max_pool2x2_relu`` (the encoder's conv steps in the inference copy: 3x3 conv, pooling,
   ReLU; the direct kernel from the 3 image channels, Winograd's for the two later stages),
 * ``conv3x3`` (the decoder's and the head's 3x3 convolutions of the inference copy: Winograd's,
-  :mod:`brainseg.layers.winograd`) and
+  :mod:`brainseg.layers.conv`) and
 * ``linear`` (the token MLPs' linear layers of the inference copy: oneDNN's 1x1 convolution,
   :mod:`brainseg.layers.linear`) - these last three forward only (with gradients they are the
   compositions) and in float32 only (16-bit inputs get the compositions),
@@ -51,7 +51,7 @@ from .upsample import (
     upsample2x_relu_conv1x1_reference,
     upsample2x_relu_reference,
 )
-from .winograd import conv3x3
+from .conv import conv3x3
 
 # (x shape, with a skip): UNeXt's decoder inputs, deepest first, and its encoder pooling inputs
 UPSAMPLE_SHAPES = [((8, 160, 8, 8), True), ((8, 128, 16, 16), True), ((8, 32, 32, 32), True),

@@ -14,7 +14,7 @@ from torch import nn
 from ...layers.linear import linear
 from ...layers.max_pool import batch_norm_max_pool2x2_relu, conv3x3_max_pool2x2_relu, max_pool2x2_relu
 from ...layers.upsample import upsample2x_relu, upsample2x_relu_conv1x1
-from ...layers.winograd import conv3x3
+from ...layers.conv import conv3x3
 from .base import UShapedNet
 from .layers import ConvBN
 
@@ -139,7 +139,7 @@ class DecoderStage(nn.Module):
 
     def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The stage's convolution; in the inference copy (BN folded: ``conv`` is a Conv2d) on the
-        Winograd kernel where it applies (:func:`~brainseg.layers.winograd.conv3x3`)."""
+        Winograd kernel where it applies (:func:`~brainseg.layers.conv.conv3x3`)."""
         if isinstance(self.conv, nn.Conv2d):
             return conv3x3(x, self.conv.weight, self.conv.bias)
         return self.conv(x)

@@ -1,15 +1,16 @@
 """3x3 convolutions (stride 1, zero padding 1) for float32 CPU inference by Winograd's minimal
-filtering F(4x4, 3x3): per 4x4 output tile, 36 multiplications per pair of channels instead of the
-direct convolution's 144 (C++ in ``csrc/conv``).
+filtering F(4x4, 3x3) (C++ in ``csrc/conv``), and where brainseg's direct 3x3 kernel takes over.
 
-The kernel serves inference only (no gradient), channels-last float32 CPU tensors with more input
-channels than the first layer's direct kernel takes (see
-:func:`~brainseg.layers.max_pool.conv3x3_max_pool2x2_relu`). Its results equal the direct
-convolution's up to float rounding, not bit for bit: the transforms scale and add values, which
-makes the rounding error a few times larger (about 1e-5 of the output's largest value, against
-1e-6 for oneDNN's direct convolution: measured in ``tools/benchmark.py resampling``), and a NaN or
-infinity in the input makes its whole 4x4 output tile NaN (the direct convolution: the outputs whose
-3x3 windows read it). Each filter's transform is computed once and kept while the filter is unchanged.
+Per 4x4 output tile, Winograd's algorithm needs 36 multiplications per pair of channels instead of
+the direct convolution's 144. The kernel serves inference only (no gradient), on channels-last
+float32 CPU tensors with more input channels than the direct kernel of
+:func:`~brainseg.layers.max_pool.conv3x3_max_pool2x2_relu` takes (:data:`MAX_DIRECT_CONV_IN_CHANNELS`:
+an image's first layer). Its results equal the direct convolution's up to float rounding, not bit
+for bit: the transforms scale and add values, which makes the rounding error a few times larger
+(about 1e-5 of the output's largest value, against 1e-6 for oneDNN's direct convolution: see
+``tests/test_conv3x3.py``), and a NaN or infinity in the input makes its whole 4x4 output tile NaN
+(the direct convolution: the outputs whose 3x3 windows read it). Each filter's transform is
+computed once and kept while the filter is unchanged.
 
 Example::
 
@@ -24,7 +25,24 @@ import torch.nn.functional as F
 
 from .extension import C_EXTENSION, fused_cpu_kernel_serves, grad_wanted
 
-__all__ = ["winograd_conv3x3_serves", "winograd_weight", "winograd_conv3x3", "conv3x3"]
+__all__ = [
+    "MAX_DIRECT_CONV_IN_CHANNELS",
+    "DIRECT_CONV_DTYPES",
+    "direct_conv3x3_serves",
+    "winograd_conv3x3_serves",
+    "winograd_weight",
+    "winograd_conv3x3",
+    "conv3x3",
+]
+
+# Input channels up to which the direct convolution (with pooling) pays: its cost grows with them
+# (UNeXt's first layer has 3); from 16 on Winograd's was faster (8 -> 16 channels at 256x256: direct
+# 7.8 ms, Winograd 13.0; 16 -> 16: 14.8 and 8.0, batch 8, measured)
+MAX_DIRECT_CONV_IN_CHANNELS = 8
+# dtypes the direct convolution runs for: in bf16 oneDNN's convolution (native bf16 instructions)
+# and the half-size stored output made the whole UNeXt inference net 0.6-1.1 ms slower with the
+# kernel on an AVX512-BF16 CPU (BENCHMARKS.md), so 16-bit inputs get PyTorch's
+DIRECT_CONV_DTYPES = (torch.float32, torch.float64)
 
 # id(filter) -> ((storage address, version counter), its Winograd transform); an entry leaves when
 # its filter is freed (inference copies are rebuilt when the trained weights change). Keyed by id:
@@ -32,15 +50,35 @@ __all__ = ["winograd_conv3x3_serves", "winograd_weight", "winograd_conv3x3", "co
 _TRANSFORMS: Dict[int, Tuple[Tuple[int, int], torch.Tensor]] = {}
 
 
+def direct_conv3x3_serves(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether the direct kernel of :func:`~brainseg.layers.max_pool.conv3x3_max_pool2x2_relu`
+    takes these operands: x is a channels-last CPU tensor of a :data:`DIRECT_CONV_DTYPES` dtype with
+    at most :data:`MAX_DIRECT_CONV_IN_CHANNELS` channels (see
+    :func:`~brainseg.layers.extension.fused_cpu_kernel_serves`), and the filter and bias are CPU
+    tensors of its dtype and shape."""
+    return (
+        fused_cpu_kernel_serves(x)
+        and x.dtype in DIRECT_CONV_DTYPES
+        and x.shape[1] <= MAX_DIRECT_CONV_IN_CHANNELS
+        and weight.dim() == 4
+        and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
+        and weight.dtype == x.dtype
+        and weight.device.type == "cpu"
+        and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu"))
+    )
+
+
 def winograd_conv3x3_serves(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
     """Whether the Winograd kernel computes ``conv2d(x, weight, bias, padding=1)``: no gradient is
-    wanted, x is a channels-last float32 CPU tensor (see
+    wanted, x is a channels-last float32 CPU tensor with more than
+    :data:`MAX_DIRECT_CONV_IN_CHANNELS` channels (see
     :func:`~brainseg.layers.extension.fused_cpu_kernel_serves`; under autocast the convolution's
     operands are 16-bit, so it does not apply), and the filter is a float32 (Cout, Cin, 3, 3) CPU tensor."""
     return (
         not grad_wanted(x, weight, bias)
         and fused_cpu_kernel_serves(x)
         and x.dtype == torch.float32
+        and x.shape[1] > MAX_DIRECT_CONV_IN_CHANNELS
         and not torch.is_autocast_enabled("cpu")
         and weight.dim() == 4
         and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from brainseg.layers import conv3x3, conv3x3_max_pool2x2_relu, extension_status, winograd_conv3x3, winograd_conv3x3_serves
-from brainseg.layers import winograd as winograd_module
+from brainseg.layers import conv as conv_module
 from brainseg.layers.linear import linear
 from brainseg.modeling.fusion import fold_batchnorm
 from brainseg.modeling.nets import UNeXt
@@ -106,18 +106,18 @@ def test_results_do_not_depend_on_the_thread_count():
 
 def test_filter_transform_is_cached_until_the_filter_changes():
     x, weight, bias = _inputs(1, 16, 8, 8, 8, seed=5)
-    first = winograd_module.winograd_weight(weight)
-    assert winograd_module.winograd_weight(weight) is first  # kept
+    first = conv_module.winograd_weight(weight)
+    assert conv_module.winograd_weight(weight) is first  # kept
     with torch.no_grad():
         weight.mul_(2)  # in place: the version counter moves
-        assert winograd_module.winograd_weight(weight) is not first
+        assert conv_module.winograd_weight(weight) is not first
         _assert_close_to_float64(winograd_conv3x3(x, weight, bias),
                                  F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
     key = id(weight)
-    assert key in winograd_module._TRANSFORMS
+    assert key in conv_module._TRANSFORMS
     del weight
     gc.collect()
-    assert key not in winograd_module._TRANSFORMS  # freed with its filter
+    assert key not in conv_module._TRANSFORMS  # freed with its filter
 
 
 def test_conv3x3_falls_back_to_pytorch_where_the_kernel_does_not_apply():
@@ -164,8 +164,8 @@ def test_unext_inference_copy_runs_its_3x3_convolutions_on_the_kernel(monkeypatc
     net.train()(_cl(torch.randn(4, 3, 64, 64)))  # running statistics away from their defaults
     net.eval()
     transformed = []
-    original = winograd_module.winograd_weight
-    monkeypatch.setattr(winograd_module, "winograd_weight", lambda w: transformed.append(tuple(w.shape)) or original(w))
+    original = conv_module.winograd_weight
+    monkeypatch.setattr(conv_module, "winograd_weight", lambda w: transformed.append(tuple(w.shape)) or original(w))
     x = _cl(torch.randn(2, 3, 64, 64))
     with torch.no_grad():
         expected = net(x)

@@ -182,17 +182,34 @@ def test_linear_on_onednn_matches_f_linear_and_falls_back():
     torch.manual_seed(9)
     x, weight, bias = torch.randn(2, 5, 7, 48), torch.randn(40, 48), torch.randn(40)
     reference = F.linear(x.double(), weight.double(), bias.double())
+    atol = 1e-5 * reference.abs().max().item()
     with torch.no_grad():
         ours = linear(x, weight, bias)
         assert ours.shape == (2, 5, 7, 40) and ours.is_contiguous()
-        torch.testing.assert_close(ours.double(), reference, rtol=0, atol=1e-5 * reference.abs().max().item())
-        torch.testing.assert_close(linear(x, weight, None).double(), reference - bias.double(), rtol=0,
-                                   atol=1e-5 * reference.abs().max().item())
-        # not served: a non-contiguous input, float64 -> exactly F.linear
+        torch.testing.assert_close(ours.double(), reference, rtol=0, atol=atol)
+        torch.testing.assert_close(linear(x, weight, None).double(), reference - bias.double(), rtol=0, atol=atol)
+        # not served: a non-contiguous input, float64, autocast -> exactly F.linear
         strided = x.transpose(1, 2)
         assert torch.equal(linear(strided, weight, bias), F.linear(strided, weight, bias))
         assert torch.equal(linear(x.double(), weight.double(), None), F.linear(x.double(), weight.double()))
-    # gradients wanted: F.linear (differentiable)
-    leaf = weight.clone().requires_grad_()
-    linear(x, leaf, bias).sum().backward()
-    torch.testing.assert_close(leaf.grad, x.reshape(-1, 48).sum(0).expand(40, 48))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert linear(x, weight, bias).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("x_requires_grad", [True, False])
+def test_linear_on_onednn_gradients_match_float64(with_bias, x_requires_grad):
+    torch.manual_seed(10)
+    x, weight, bias = torch.randn(3, 4, 6, 24), torch.randn(20, 24), torch.randn(20) if with_bias else None
+    upstream = torch.randn(3, 4, 6, 20)
+    leaves = [x.clone().requires_grad_(x_requires_grad), weight.clone().requires_grad_(),
+              None if bias is None else bias.clone().requires_grad_()]
+    wrt = [t for t in leaves if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(linear(*leaves), wrt, upstream)
+    leaves64 = [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in leaves]
+    grads64 = torch.autograd.grad(F.linear(*leaves64), [t for t in leaves64 if t is not None and t.requires_grad],
+                                  upstream.double())
+    assert len(grads) == len(grads64) == 1 + with_bias + x_requires_grad
+    for ours, expected in zip(grads, grads64):
+        assert ours.dtype == torch.float32 and ours.shape == expected.shape
+        torch.testing.assert_close(ours.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())

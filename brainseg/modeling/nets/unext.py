@@ -44,7 +44,7 @@ def shift_tokens(tokens: torch.Tensor, dim: int, shift_size: int) -> torch.Tenso
 
 class ShiftedMLPBlock(nn.Module):
     """Tokenised MLP block: ``x + MLP(LN(x))`` where the MLP is shift along the height -> linear
-    -> 3x3 depth-wise conv -> GELU -> shift along the width -> linear (in inference on oneDNN:
+    -> 3x3 depth-wise conv -> GELU -> shift along the width -> linear (the linears on oneDNN:
     :func:`~brainseg.layers.linear.linear`)."""
 
     def __init__(self, dim: int, *, mlp_ratio: float = 1.0, shift_size: int = 5):

@@ -120,6 +120,22 @@ def test_filter_transform_is_cached_until_the_filter_changes():
     assert key not in conv_module._TRANSFORMS  # freed with its filter
 
 
+def test_filters_made_in_inference_mode_are_transformed_at_every_call():
+    x, weight, bias = _inputs(1, 16, 8, 8, 8, seed=11)
+    with torch.inference_mode():
+        frozen = weight.clone()  # an inference tensor: no version counter
+        first = conv_module.winograd_weight(frozen)
+        assert conv_module.winograd_weight(frozen) is not first and id(frozen) not in conv_module._TRANSFORMS
+        frozen.mul_(2)  # (in place, unseen by any version counter)
+        _assert_close_to_float64(winograd_conv3x3(x, frozen, bias),
+                                 F.conv2d(x.double(), 2 * weight.double(), bias.double(), padding=1))
+        # a UNeXt folded under inference mode runs
+        net = UNeXt(conv_channels=(16, 16, 32), token_channels=(32, 48)).to(memory_format=CL).eval()
+        folded = fold_batchnorm(net)
+        image = _cl(torch.randn(1, 3, 32, 32))
+        torch.testing.assert_close(folded(image), net(image), rtol=1e-4, atol=1e-4)
+
+
 def test_conv3x3_falls_back_to_pytorch_where_the_kernel_does_not_apply():
     x, weight, bias = _inputs(2, 16, 8, 8, 8, seed=6)
     # gradients wanted: PyTorch's differentiable convolution

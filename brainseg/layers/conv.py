@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 # Input channels up to which the direct convolution (with pooling) pays: its cost grows with them
-# (UNeXt's first layer has 3); from 16 on Winograd's was faster (8 -> 16 channels at 256x256: direct
-# 7.8 ms, Winograd 13.0; 16 -> 16: 14.8 and 8.0, batch 8, measured)
+# (UNeXt's first layer has 3); at 16 Winograd's was faster (8 -> 16 channels at 256x256, pooled:
+# direct 7.8 ms, Winograd 13.0; 16 -> 16: 14.8 and 8.0, batch 8, measured; 9-15 not measured,
+# Winograd takes them)
 MAX_DIRECT_CONV_IN_CHANNELS = 8
 # dtypes the direct convolution runs for: in bf16 oneDNN's convolution (native bf16 instructions)
 # and the half-size stored output made the whole UNeXt inference net 0.6-1.1 ms slower with the
@@ -91,7 +92,9 @@ def winograd_conv3x3_serves(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """The Winograd-domain transform of a (Cout, Cin, 3, 3) filter, (36, Cin, Cout) with both
     channel counts rounded up to 16, computed in float64 and kept until the filter changes (in
-    place or by replacement).
+    place or by replacement). A filter made under ``torch.inference_mode()`` has no version counter:
+    its transform is computed at every call (the folded inference copies of
+    :class:`~brainseg.modeling.fusion.FoldedNetCache` are ordinary tensors, cached).
 
     Args:
         weight: float32 (Cout, Cin, 3, 3) CPU tensor.
@@ -99,6 +102,8 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     Returns:
         A float32 (36, ceil16(Cin), ceil16(Cout)) tensor.
     """
+    if weight.is_inference():  # (made under torch.inference_mode(): no version counter to key a cache on)
+        return C_EXTENSION.winograd_conv3x3_weight(weight)
     key = (weight.data_ptr(), weight._version)
     cached = _TRANSFORMS.get(id(weight))
     if cached is not None and cached[0] == key:

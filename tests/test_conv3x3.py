@@ -7,11 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainseg.layers import conv3x3, conv3x3_max_pool2x2_relu, extension_status, winograd_conv3x3, winograd_conv3x3_serves
+from brainseg.layers import (
+    Conv3x3,
+    conv3x3,
+    conv3x3_max_pool2x2_relu,
+    extension_status,
+    winograd_conv3x3,
+    winograd_conv3x3_serves,
+)
 from brainseg.layers import conv as conv_module
 from brainseg.layers.linear import linear
 from brainseg.modeling.fusion import fold_batchnorm
-from brainseg.modeling.nets import UNeXt
+from brainseg.modeling.nets import UNet, UNeXt
+from torch import nn
 
 pytestmark = pytest.mark.skipif(not extension_status()["cpu"], reason="brainseg._C is not built")
 _C = pytest.importorskip("brainseg._C")
@@ -229,3 +237,41 @@ def test_linear_on_onednn_gradients_match_float64(with_bias, x_requires_grad):
     for ours, expected in zip(grads, grads64):
         assert ours.dtype == torch.float32 and ours.shape == expected.shape
         torch.testing.assert_close(ours.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_folded_copies_hold_conv3x3_modules_sharing_the_parameters():
+    """fold_batchnorm puts Conv3x3 in place of exactly the plain 3x3 / stride 1 / padding 1 convs."""
+    torch.manual_seed(12)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, stride=2),
+                        nn.Conv2d(16, 16, 3, padding=2, dilation=2), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                        nn.Conv2d(16, 16, 1), nn.Conv2d(16, 8, 3, padding=1, bias=False),
+                        nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")).to(memory_format=CL).eval()
+    folded = fold_batchnorm(net)
+    assert [type(m).__name__ for m in folded] == ["Conv3x3", "Conv2d", "Conv2d", "Conv2d", "Conv2d", "Conv3x3", "Conv2d"]
+    assert folded[0].bias is not None and folded[5].bias is None
+    x = _cl(torch.randn(2, 16, 12, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+        assert torch.equal(folded[0](x), winograd_conv3x3(x, folded[0].weight, folded[0].bias))
+    shared = Conv3x3.from_conv(net[0])
+    assert shared.weight is net[0].weight and shared.bias is net[0].bias and isinstance(shared, nn.Conv2d)
+    with pytest.raises(ValueError, match="not a 3x3, stride 1, padding 1 nn.Conv2d"):
+        Conv3x3.from_conv(net[1])
+
+
+def test_unet_inference_copy_runs_winograd(monkeypatch):
+    torch.manual_seed(13)
+    net = UNet(base_channels=16, depth=2).to(memory_format=CL)
+    net.train()(_cl(torch.randn(2, 3, 32, 32)))
+    net.eval()
+    transformed = []
+    original = conv_module.winograd_weight
+    monkeypatch.setattr(conv_module, "winograd_weight", lambda w: transformed.append(tuple(w.shape)) or original(w))
+    x = _cl(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        expected = net(x)
+        transformed.clear()
+        folded = fold_batchnorm(net)(x)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(transformed) == len(convs) - 1  # all but the first (3 input channels)
+    torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-4)

@@ -117,8 +117,8 @@ def test_sequential_conv_bn_pairs_are_folded_and_the_original_is_unchanged():
         folded = fold_batchnorm(net)
         got = folded(x)
     assert relative_error(got, expected) <= 1e-5
-    assert [type(m).__name__ for m in folded] == [
-        "Conv2d", "Identity", "ReLU", "BatchNorm2d", "Conv2d", "Identity", "Conv2d", "BatchNorm2d"
+    assert [type(m).__name__ for m in folded] == [  # (the 3x3 conv on the inference convolution)
+        "Conv3x3", "Identity", "ReLU", "BatchNorm2d", "Conv2d", "Identity", "Conv2d", "BatchNorm2d"
     ]
     assert folded[4].bias is not None  # the folded BN shift becomes the conv's bias
     assert [type(m).__name__ for m in net].count("BatchNorm2d") == 4

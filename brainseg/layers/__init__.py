@@ -16,7 +16,7 @@ from .upsample import (
     upsample2x_relu_conv1x1_reference,
     upsample2x_relu_reference,
 )
-from .conv import conv3x3, winograd_conv3x3, winograd_conv3x3_serves
+from .conv import Conv3x3, conv3x3, winograd_conv3x3, winograd_conv3x3_serves
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_function import (
     MSDeformAttnFunction,
@@ -26,6 +26,7 @@ from .ms_deform_attn_function import (
 )
 
 __all__ = [
+    "Conv3x3",
     "MSDeformAttn",
     "MSDeformAttnFunction",
     "extension_status",

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .extension import C_EXTENSION, fused_cpu_kernel_serves, grad_wanted
 
@@ -33,6 +34,7 @@ __all__ = [
     "winograd_weight",
     "winograd_conv3x3",
     "conv3x3",
+    "Conv3x3",
 ]
 
 # Input channels up to which the direct convolution (with pooling) pays: its cost grows with them
@@ -149,3 +151,38 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
     if winograd_conv3x3_serves(x, weight, bias):
         return winograd_conv3x3(x, weight, bias)
     return F.conv2d(x, weight, bias, padding=1)
+
+
+class Conv3x3(nn.Conv2d):
+    """An ``nn.Conv2d`` with a 3x3 kernel, stride 1, zero padding 1, no dilation and one group whose
+    forward is :func:`conv3x3`: the Winograd kernel in float32 CPU inference, PyTorch's convolution
+    otherwise. The inference copies of :func:`~brainseg.modeling.fusion.fold_batchnorm` hold these
+    in place of such convolutions (:meth:`from_conv`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv3x3(x, self.weight, self.bias)
+
+    @staticmethod
+    def takes(conv: nn.Module) -> bool:
+        """Whether ``conv`` is a plain ``nn.Conv2d`` (not a subclass) of this geometry."""
+        return (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1)
+            and conv.padding == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+        )
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "Conv3x3":
+        """A :class:`Conv3x3` holding ``conv``'s own parameters (not copies); ``conv`` must pass
+        :meth:`takes`."""
+        if not cls.takes(conv):
+            raise ValueError(f"Conv3x3.from_conv: not a 3x3, stride 1, padding 1 nn.Conv2d: {conv}")
+        new = cls(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None, device="meta")
+        new.weight = conv.weight
+        if conv.bias is not None:
+            new.bias = conv.bias
+        return new.train(conv.training)

@@ -14,7 +14,6 @@ from torch import nn
 from ...layers.linear import linear
 from ...layers.max_pool import batch_norm_max_pool2x2_relu, conv3x3_max_pool2x2_relu, max_pool2x2_relu
 from ...layers.upsample import upsample2x_relu, upsample2x_relu_conv1x1
-from ...layers.conv import conv3x3
 from .base import UShapedNet
 from .layers import ConvBN
 
@@ -137,15 +136,8 @@ class DecoderStage(nn.Module):
         else:
             self.block = None
 
-    def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage's convolution; in the inference copy (BN folded: ``conv`` is a Conv2d) on the
-        Winograd kernel where it applies (:func:`~brainseg.layers.conv.conv3x3`)."""
-        if isinstance(self.conv, nn.Conv2d):
-            return conv3x3(x, self.conv.weight, self.conv.bias)
-        return self.conv(x)
-
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = upsample2x_relu(self.conv_forward(x), skip)
+        x = upsample2x_relu(self.conv(x), skip)
         if self.block is None:
             return x
         tokens = self.block_norm(self.block(x.permute(0, 2, 3, 1)))
@@ -163,7 +155,7 @@ class Head(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stage, projection = self
-        return upsample2x_relu_conv1x1(stage.conv_forward(x), projection.weight, projection.bias)
+        return upsample2x_relu_conv1x1(stage.conv(x), projection.weight, projection.bias)
 
 
 class UNeXt(UShapedNet):

@@ -275,3 +275,20 @@ def test_unet_inference_copy_runs_winograd(monkeypatch):
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(transformed) == len(convs) - 1  # all but the first (3 input channels)
     torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_flop_count_sees_the_direct_cost_of_kernel_convolutions():
+    """count_flops swaps the kernels for their compositions: a convolution run by Winograd (and the
+    fused first stage) is counted at 2 * H * W * Cin * Cout * 9, as PyTorch's own would be."""
+    from brainseg.engine.benchmark import count_flops
+
+    torch.manual_seed(14)
+    conv = Conv3x3.from_conv(nn.Conv2d(16, 24, 3, padding=1)).eval().requires_grad_(False)
+    x = _cl(torch.randn(2, 16, 8, 8))
+    direct = 2 * 2 * 8 * 8 * 16 * 24 * 9
+    assert count_flops(lambda: conv(x)) == direct
+    with torch.no_grad():
+        assert count_flops(lambda: conv3x3_max_pool2x2_relu(x, conv.weight, conv.bias)) == direct
+        first = _cl(torch.randn(2, 3, 8, 8))
+        assert count_flops(lambda: conv3x3_max_pool2x2_relu(first, conv.weight[:, :3], conv.bias)) == direct * 3 // 16
+        assert winograd_conv3x3_serves(x, conv.weight, conv.bias)  # (outside the count the kernel serves again)

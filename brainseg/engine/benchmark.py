@@ -72,6 +72,7 @@ from brainseg.data import benchmark as loader_benchmark
 from brainseg.inference.model import StrictCheckpointer
 from brainseg.layers import benchmark as ms_deform_attn_benchmark
 from brainseg.layers import resampling_benchmark
+from brainseg.layers.extension import pytorch_compositions
 from brainseg.utils.benchmark import benchmark, cpu_model_name
 from brainseg.utils.config import load_config
 from brainseg.utils.errors import ConfigError
@@ -130,8 +131,11 @@ def peak_rss_mb() -> float:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (matmuls and convolutions, forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one call of ``fn`` (matmuls and convolutions, forward and backward), as PyTorch's
+    operators compute them: brainseg's fused kernels are swapped for their compositions while
+    counting (:func:`~brainseg.layers.extension.pytorch_compositions`), so a convolution is
+    counted at its direct cost even where Winograd's algorithm runs it with fewer operations."""
+    with pytorch_compositions(), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 

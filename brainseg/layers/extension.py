@@ -1,7 +1,8 @@
 """The compiled extension ``brainseg._C`` (C++/CUDA kernels), loaded once for every layer using it."""
+import contextlib
 import importlib
 from types import ModuleType
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -11,6 +12,7 @@ __all__ = [
     "FUSED_CPU_DTYPES",
     "missing_extension_message",
     "fused_cpu_kernel_serves",
+    "pytorch_compositions",
     "grad_wanted",
     "as_conv_under_autocast",
 ]
@@ -38,14 +40,33 @@ def missing_extension_message() -> Optional[str]:
 FUSED_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+_compositions_only = False
+
+
+@contextlib.contextmanager
+def pytorch_compositions() -> Iterator[None]:
+    """Within this context the fused CPU kernels do not serve: every layer runs its PyTorch
+    composition, the same values to rounding. For tools that see only PyTorch's operators, such
+    as ``torch.utils.flop_counter.FlopCounterMode`` (a convolution inside a C++ kernel would not
+    be counted). Not thread-safe: it sets a process-wide switch."""
+    global _compositions_only
+    previous, _compositions_only = _compositions_only, True
+    try:
+        yield
+    finally:
+        _compositions_only = previous
+
+
 def fused_cpu_kernel_serves(x: torch.Tensor) -> bool:
     """Whether a fused channels-last CPU kernel of ``brainseg._C`` can take ``x`` (else the layer
     runs its PyTorch composition): the extension is built, x is a channels-last contiguous 4-D CPU
     tensor of a :data:`FUSED_CPU_DTYPES` dtype, and no graph is being traced or exported
     (TorchScript, ONNX: they cannot hold the kernel) or compiled (``torch.compile`` fuses the
-    composition itself; the kernel would split its graph)."""
+    composition itself; the kernel would split its graph), and not within
+    :func:`pytorch_compositions`."""
     return (
         C_EXTENSION is not None
+        and not _compositions_only
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()

@@ -247,7 +247,8 @@ def test_folded_copies_hold_conv3x3_modules_sharing_the_parameters():
                         nn.Conv2d(16, 16, 1), nn.Conv2d(16, 8, 3, padding=1, bias=False),
                         nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")).to(memory_format=CL).eval()
     folded = fold_batchnorm(net)
-    assert [type(m).__name__ for m in folded] == ["Conv3x3", "Conv2d", "Conv2d", "Conv2d", "Conv2d", "Conv3x3", "Conv2d"]
+    assert [type(m).__name__ for m in folded] == ["Conv3x3", "Conv2d", "Conv2d", "Conv2d", "Conv2d", "Conv3x3",
+                                                  "Conv2d"]
     assert folded[0].bias is not None and folded[5].bias is None
     x = _cl(torch.randn(2, 16, 12, 12))
     with torch.no_grad():

@@ -117,7 +117,9 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     return transform
 
 
-def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, pool: bool = False) -> torch.Tensor:
+def winograd_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, pool: bool = False
+) -> torch.Tensor:
     """``conv2d(x, weight, bias, padding=1)``, and with ``pool`` ``relu(max_pool2d(., 2))`` of it
     (the full-resolution output is then never stored), by the Winograd kernel: for inputs where
     :func:`winograd_conv3x3_serves` (see :func:`conv3x3` for a call that checks).

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .extension import C_EXTENSION, as_conv_under_autocast, fused_cpu_kernel_serves, grad_wanted
 from .conv import direct_conv3x3_serves, winograd_conv3x3, winograd_conv3x3_serves
+from .extension import C_EXTENSION, as_conv_under_autocast, fused_cpu_kernel_serves, grad_wanted
 
 __all__ = [
     "max_pool2d",
@@ -217,11 +217,12 @@ def conv3x3_max_pool2x2_relu(x: torch.Tensor, weight: torch.Tensor, bias: Option
 
     Without gradients, on a channels-last float32/float64 CPU tensor with at most
     :data:`~brainseg.layers.conv.MAX_DIRECT_CONV_IN_CHANNELS` input channels, one C++ kernel
-    computes each pooled output from the input directly: the full-resolution convolution output (16 channels at 256x256 for
-    UNeXt: 32 MB a batch of 8 in float32), which costs more to write and read back than the few
-    multiply-adds per pixel, is never stored. With more input channels, in float32, the Winograd
-    kernel (:func:`~brainseg.layers.conv.winograd_conv3x3`) pools its output tiles before
-    storing them (values equal up to float rounding, see :mod:`brainseg.layers.conv`).
+    computes each pooled output from the input directly: the full-resolution convolution output
+    (16 channels at 256x256 for UNeXt: 32 MB a batch of 8 in float32), which costs more to write
+    and read back than the few multiply-adds per pixel, is never stored. With more input channels,
+    in float32, the Winograd kernel (:func:`~brainseg.layers.conv.winograd_conv3x3`) pools its
+    output tiles before storing them (values equal up to float rounding, see
+    :mod:`brainseg.layers.conv`).
     Otherwise (gradients, 16-bit dtypes and autocast, CUDA, NCHW, traced or exported graphs) it is
     PyTorch's convolution followed by :func:`max_pool2x2_relu` (itself fused where its kernel
     applies), the same values as :func:`conv3x3_max_pool2x2_relu_reference`.

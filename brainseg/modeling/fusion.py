@@ -79,8 +79,8 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
 
     The copy's 3x3 stride-1 convolutions (folded or not) become
     :class:`~brainseg.layers.conv.Conv3x3` modules with the same parameters: in float32 on a CPU
-    they run Winograd's algorithm (:mod:`brainseg.layers.conv`; 1.3-1.5x faster UNet, ResUNet and
-    UNeXt inference on 2 cores, equal to float rounding).
+    they run Winograd's algorithm (:mod:`brainseg.layers.conv`; UNet's and ResUNet's inference
+    nets ~1.5x faster on 2 cores, BENCHMARKS.md; equal to float rounding).
 
     Args:
         net: any module; it is not modified.
